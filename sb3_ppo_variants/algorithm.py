@@ -1,0 +1,372 @@
+"""One PPO training loop whose loss is composed of switchable terms; the named variants are settings of it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
+from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_ppo_variants import losses
+from sb3_ppo_variants.buffers import OldDistributionBufferMixin, with_old_distribution
+from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController
+from sb3_ppo_variants.kl import KL_ESTIMATORS, distribution_params, exact_kl, sampled_kl
+from sb3_ppo_variants.schedules import ScheduleLike, as_schedule, check_schedule, schedule_value
+
+__all__ = ["KL_PENALTIES", "SURROGATES", "NonFiniteLossError", "VariantPPO"]
+
+SelfVariantPPO = TypeVar("SelfVariantPPO", bound="VariantPPO")
+
+SURROGATES = ("clipped", "unclipped")
+KL_PENALTIES = ("none", "fixed", "adaptive")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A term of the loss became NaN or infinite; training stops instead of producing a garbage model."""
+
+
+@contextmanager
+def _distribution_validation_off() -> Iterator[None]:
+    """torch.distributions' argument checks cost ~10% of SB3's learn(); they are process-wide, so scope them."""
+    previous = th.distributions.Distribution._validate_args
+    th.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        th.distributions.Distribution.set_default_validate_args(previous)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+class VariantPPO(PPO):
+    """
+    PPO with a loss composed of a surrogate (clipped or not), an optional KL penalty with a fixed,
+    scheduled or adaptive coefficient, and an entropy bonus whose coefficient may follow a schedule.
+
+    Paper: https://arxiv.org/abs/1707.06347 (clipping: section 3; KL penalty: section 4)
+
+    Takes every argument of :class:`stable_baselines3.PPO` with the same meaning (see its docstring);
+    ``learning_rate``, ``clip_range``, ``clip_range_vf``, ``ent_coef`` and ``kl_coef`` accept a float,
+    a function of the remaining progress (from 1 to 0) or a schedule string such as ``"lin_0.01"``
+    (grammar in :mod:`sb3_ppo_variants.schedules`). The named variants (``ClipPPO``, ``KLPPO``,
+    ``AdaptiveKLPPO``, ``ClipKLPPO``) fix ``surrogate`` and ``kl_penalty``.
+
+    :param surrogate: ``"clipped"``: min(r A, clip(r, 1 - clip_range, 1 + clip_range) A);
+        ``"unclipped"``: r A (``clip_range`` then only feeds the ``train/clip_fraction`` diagnostic)
+    :param kl_penalty: ``"none"``, ``"fixed"`` (beta = ``kl_coef``, possibly scheduled) or
+        ``"adaptive"`` (beta starts at ``kl_coef`` and is halved or doubled after each update to keep
+        the mean KL near ``kl_target``). The current beta is ``model.kl_controller.value``.
+    :param kl_coef: beta >= 0; with ``"adaptive"``, the initial beta (its value at progress 1)
+    :param kl_target: d_targ > 0 of the adaptive rule. Not SB3's ``target_kl``, which stops the epoch
+        loop early when the approximate KL exceeds 1.5 * target_kl; both can be used together.
+    :param kl_estimator: how the KL penalty is estimated in the loss: ``"exact"`` (analytic, from the old
+        distribution's parameters stored at collection time) or Schulman's sampled ``"k1"``, ``"k2"``,
+        ``"k3"``. ``train/kl`` and the adaptive rule always use the exact KL.
+    """
+
+    # SB3's PPO arguments followed by ours, in the order of the signature below (used by tests and tools).
+    variant_arguments: ClassVar[tuple[str, ...]] = ("surrogate", "kl_penalty", "kl_coef", "kl_target", "kl_estimator")
+
+    kl_controller: KLController | None
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: ScheduleLike = 3e-4,
+        n_steps: int = 2048,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: ScheduleLike = 0.2,
+        clip_range_vf: ScheduleLike | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: ScheduleLike = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        target_kl: float | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+        surrogate: str = "clipped",
+        kl_penalty: str = "none",
+        kl_coef: ScheduleLike = 1.0,
+        kl_target: float | None = None,
+        kl_estimator: str = "exact",
+    ):
+        # Validate our arguments before SB3 builds environments, so bad input fails fast and clearly.
+        self.surrogate = _choice("surrogate", surrogate, SURROGATES)
+        self.kl_penalty = _choice("kl_penalty", kl_penalty, KL_PENALTIES)
+        self.kl_estimator = _choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
+        learning_rate = check_schedule(learning_rate, "learning_rate", strict=False)  # type: ignore[assignment]
+        clip_range = check_schedule(clip_range, "clip_range", strict=True)  # type: ignore[assignment]
+        clip_range_vf = check_schedule(clip_range_vf, "clip_range_vf", strict=True, allow_none=True)
+        ent_coef = check_schedule(ent_coef, "ent_coef")  # type: ignore[assignment]
+        self.kl_coef = check_schedule(kl_coef, "kl_coef")
+        if kl_target is not None:
+            if isinstance(kl_target, bool) or not isinstance(kl_target, (int, float)):
+                raise TypeError(f"kl_target must be a float > 0 or None, got {type(kl_target).__name__}: {kl_target!r}")
+            if not kl_target > 0:
+                raise ValueError(f"kl_target must be > 0, got {kl_target!r}")
+        if self.kl_penalty == "adaptive" and kl_target is None:
+            raise ValueError("kl_target must be given (a float > 0) when kl_penalty='adaptive'")
+        self.kl_target = kl_target
+        if target_kl is not None and not target_kl > 0:
+            raise ValueError(f"target_kl must be > 0 or None, got {target_kl!r}")
+        self.kl_controller = self._make_kl_controller()
+
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,  # type: ignore[arg-type]
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            clip_range=clip_range,  # type: ignore[arg-type]
+            clip_range_vf=clip_range_vf,  # type: ignore[arg-type]
+            normalize_advantage=normalize_advantage,
+            ent_coef=ent_coef,  # type: ignore[arg-type]
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            target_kl=target_kl,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+        )
+        if _init_setup_model:
+            self._setup_model()
+
+    def _make_kl_controller(self) -> KLController | None:
+        if self.kl_penalty == "none":
+            return None
+        if self.kl_penalty == "fixed":
+            return FixedKLController(self.kl_coef)  # type: ignore[arg-type]
+        initial = schedule_value(self.kl_coef, 1.0)  # type: ignore[arg-type]
+        if not initial > 0:
+            raise ValueError(f"kl_coef (the initial beta) must be > 0 with kl_penalty='adaptive', got {self.kl_coef!r}")
+        return AdaptiveKLController(initial, self.kl_target)  # type: ignore[arg-type]
+
+    def _setup_model(self) -> None:
+        # Called again by load(): everything learned (kl_controller) lives in __dict__ and is not rebuilt here.
+        if self.rollout_buffer_class is None:
+            base = DictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else RolloutBuffer
+            self.rollout_buffer_class = with_old_distribution(base)
+        else:
+            self.rollout_buffer_class = with_old_distribution(self.rollout_buffer_class)
+        super()._setup_model()
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        """SB3's collection, plus the distribution of each step's forward pass stored in the buffer.
+
+        A forward hook on the policy sees ``policy(obs)`` -- the call that picks the actions -- and
+        nothing else (``predict``, used by callbacks such as EvalCallback, does not go through it).
+        """
+        assert isinstance(rollout_buffer, OldDistributionBufferMixin)
+
+        def store(module: th.nn.Module, inputs: Any, outputs: Any) -> None:
+            rollout_buffer.store_old_distribution(distribution_params(module.action_dist))  # type: ignore[arg-type]
+
+        handle = self.policy.register_forward_hook(store)
+        try:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        finally:
+            handle.remove()
+
+    def _actions(self, actions: th.Tensor) -> th.Tensor:
+        if isinstance(self.action_space, spaces.Discrete):
+            # Convert discrete action from float to long
+            return actions.long().flatten()
+        return actions
+
+    @th.no_grad()
+    def _rollout_kl(self) -> float:
+        """Mean exact KL(pi_old || pi) over the whole rollout, with the policy as it is now.
+
+        Uses ``_get_samples`` on ordered indices: no random numbers are drawn, so the random streams
+        (and ClipPPO's equality with SB3's PPO) are untouched.
+        """
+        buffer = self.rollout_buffer
+        size = buffer.buffer_size * buffer.n_envs
+        chunk = max(self.batch_size, 1024)
+        total = 0.0
+        for start in range(0, size, chunk):
+            data = buffer._get_samples(np.arange(start, min(start + chunk, size)))
+            self.policy.evaluate_actions(data.observations, self._actions(data.actions))
+            total += exact_kl(data.old_dist_params, self.policy.action_dist).sum().item()
+        return total / size
+
+    def train(self) -> None:
+        """Update policy using the currently gathered rollout buffer."""
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+        # Update optimizer learning rate
+        self._update_learning_rate(self.policy.optimizer)
+        progress = self._current_progress_remaining
+        clip_range = self.clip_range(progress)  # type: ignore[operator]
+        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)  # type: ignore[operator]
+        ent_coef = schedule_value(self.ent_coef, progress)
+        kl_coef = 0.0 if self.kl_controller is None else self.kl_controller.begin_update(progress)
+        clipped = self.surrogate == "clipped"
+        penalised = self.kl_controller is not None
+
+        entropy_losses, pg_losses, value_losses, clip_fractions, kl_penalties = [], [], [], [], []
+        approx_kl_divs: list[np.ndarray] = []
+        continue_training = True
+        # train for n_epochs epochs
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            # Do a complete pass on the rollout buffer
+            for rollout_data in self.rollout_buffer.get(self.batch_size):
+                actions = self._actions(rollout_data.actions)
+                values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+                values = values.flatten()
+                # Normalize advantage (does not make sense if mini batchsize == 1, see GH issue #325)
+                advantages = rollout_data.advantages
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+                # ratio between old and new policy, should be one at the first iteration
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                if clipped:
+                    policy_loss = losses.clipped_surrogate_loss(ratio, advantages, clip_range)
+                else:
+                    policy_loss = losses.unclipped_surrogate_loss(ratio, advantages)
+                pg_losses.append(policy_loss.item())
+                clip_fractions.append(losses.clip_fraction(ratio, clip_range).item())
+
+                v_loss = losses.value_loss(values, rollout_data.old_values, rollout_data.returns, clip_range_vf)
+                value_losses.append(v_loss.item())
+                e_loss = losses.entropy_loss(entropy, log_prob)
+                entropy_losses.append(e_loss.item())
+
+                loss = policy_loss + ent_coef * e_loss + self.vf_coef * v_loss
+                terms = {"policy_gradient_loss": pg_losses[-1], "value_loss": value_losses[-1], "entropy_loss": entropy_losses[-1]}
+                if penalised:
+                    if self.kl_estimator == "exact":
+                        kl = exact_kl(rollout_data.old_dist_params, self.policy.action_dist).mean()
+                    else:
+                        kl = sampled_kl(log_prob - rollout_data.old_log_prob, self.kl_estimator).mean()
+                    loss = loss + kl_coef * kl
+                    kl_penalties.append(kl.item())
+                    terms["kl_penalty"] = kl_penalties[-1]
+                self._check_finite(terms, kl_coef)
+
+                # Approximate reverse KL for early stopping (SB3 issue #417, http://joschu.net/blog/kl-approx.html)
+                with th.no_grad():
+                    log_ratio = log_prob - rollout_data.old_log_prob
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
+                    approx_kl_divs.append(approx_kl_div)
+
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+
+                # Optimization step
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                # Clip grad norm
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        rollout_kl = self._rollout_kl()
+        if self.kl_controller is not None:
+            self.kl_controller.end_update(rollout_kl)
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+
+        # Logs: SB3's PPO keys unchanged, then ours
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/value_loss", np.mean(value_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if clipped:
+            self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+        self.logger.record("train/kl", rollout_kl)
+        self.logger.record("train/kl_coef", kl_coef)
+        self.logger.record("train/ent_coef", ent_coef)
+        if kl_penalties:
+            self.logger.record("train/kl_penalty", np.mean(kl_penalties))
+
+    def _check_finite(self, terms: dict[str, float], kl_coef: float) -> None:
+        bad = [name for name, value in terms.items() if not math.isfinite(value)]
+        if bad:
+            details = ", ".join(f"{name}={terms[name]}" for name in bad)
+            raise NonFiniteLossError(
+                f"{type(self).__name__}: non-finite loss term(s) at update {self._n_updates + 1} "
+                f"(timestep {self.num_timesteps}): {details} (kl_coef={kl_coef}). "
+                "Lower the learning rate, raise kl_coef or enable clipping."
+            )
+
+    def learn(
+        self: SelfVariantPPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "PPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfVariantPPO:
+        with _distribution_validation_off():
+            return super().learn(
+                total_timesteps=total_timesteps,
+                callback=callback,
+                log_interval=log_interval,
+                tb_log_name=tb_log_name,
+                reset_num_timesteps=reset_num_timesteps,
+                progress_bar=progress_bar,
+            )
+
+

@@ -1,0 +1,149 @@
+"""KL(pi_old || pi) per state: exact (analytic) for every SB3 action distribution, and Schulman's sampled estimators.
+
+The old distribution is described by a flat parameter vector per state, stored in the rollout buffer at
+collection time (see :func:`distribution_params`); the new one is SB3's ``Distribution`` object of the
+current forward pass. Reference for the estimators: J. Schulman, "Approximating KL Divergence",
+http://joschu.net/blog/kl-approx.html
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
+)
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "bernoulli_kl",
+    "categorical_kl",
+    "diag_gaussian_kl",
+    "distribution_param_dim",
+    "distribution_params",
+    "exact_kl",
+    "sampled_kl",
+]
+
+KL_ESTIMATORS = ("exact", "k1", "k2", "k3")
+
+
+def categorical_kl(old_logits: th.Tensor, new_logits: th.Tensor) -> th.Tensor:
+    """KL(p || q) = sum_a p(a) (log p(a) - log q(a)) for categorical distributions given by logits.
+
+    :param old_logits: (batch, n) unnormalised log-probabilities of p
+    :param new_logits: (batch, n) unnormalised log-probabilities of q
+    :return: (batch,)
+    """
+    old_log_p = th.log_softmax(old_logits, dim=-1)
+    new_log_p = th.log_softmax(new_logits, dim=-1)
+    return (old_log_p.exp() * (old_log_p - new_log_p)).sum(dim=-1)
+
+
+def bernoulli_kl(old_logits: th.Tensor, new_logits: th.Tensor) -> th.Tensor:
+    """KL between independent Bernoulli vectors given by logits, summed over the last dimension.
+
+    KL = p (log p - log q) + (1 - p) (log(1 - p) - log(1 - q)), with log p = logsigmoid(logit).
+
+    :param old_logits: (batch, n)
+    :param new_logits: (batch, n)
+    :return: (batch,)
+    """
+    old_p = th.sigmoid(old_logits)
+    log_p, log_not_p = th.nn.functional.logsigmoid(old_logits), th.nn.functional.logsigmoid(-old_logits)
+    log_q, log_not_q = th.nn.functional.logsigmoid(new_logits), th.nn.functional.logsigmoid(-new_logits)
+    return (old_p * (log_p - log_q) + (1.0 - old_p) * (log_not_p - log_not_q)).sum(dim=-1)
+
+
+def diag_gaussian_kl(old_mean: th.Tensor, old_std: th.Tensor, new_mean: th.Tensor, new_std: th.Tensor) -> th.Tensor:
+    """KL between diagonal Gaussians, summed over action dimensions.
+
+    KL = sum_i log(s1_i / s0_i) + (s0_i^2 + (m0_i - m1_i)^2) / (2 s1_i^2) - 1/2
+
+    :return: (batch,)
+    """
+    var_ratio = (old_std / new_std) ** 2
+    mean_term = ((old_mean - new_mean) / new_std) ** 2
+    return 0.5 * (var_ratio + mean_term - 1.0 - th.log(var_ratio)).sum(dim=-1)
+
+
+def _gaussian(dist: Distribution) -> th.distributions.Normal:
+    return dist.distribution  # type: ignore[return-value]
+
+
+def distribution_params(dist: Distribution) -> th.Tensor:
+    """A flat (batch, d) description of the distribution of the last forward pass.
+
+    Categorical, MultiCategorical, Bernoulli: the logits. Diagonal Gaussian (incl. gSDE, whose per-state
+    standard deviation depends on the features): the mean then the standard deviation.
+    """
+    if isinstance(dist, CategoricalDistribution):
+        return dist.distribution.logits
+    if isinstance(dist, MultiCategoricalDistribution):
+        return th.cat([d.logits for d in dist.distribution], dim=1)
+    if isinstance(dist, BernoulliDistribution):
+        return dist.distribution.logits
+    if isinstance(dist, (DiagGaussianDistribution, StateDependentNoiseDistribution)):
+        normal = _gaussian(dist)
+        return th.cat([normal.loc, normal.scale], dim=1)
+    raise TypeError(f"No exact KL for action distribution {type(dist).__name__}")
+
+
+def distribution_param_dim(action_space: spaces.Space) -> int:
+    """Width of :func:`distribution_params` for an action space."""
+    if isinstance(action_space, spaces.Discrete):
+        return int(action_space.n)
+    if isinstance(action_space, spaces.MultiDiscrete):
+        return int(np.sum(action_space.nvec))
+    if isinstance(action_space, spaces.MultiBinary):
+        return int(np.prod(action_space.shape))
+    if isinstance(action_space, spaces.Box):
+        return 2 * int(np.prod(action_space.shape))
+    raise TypeError(f"Unsupported action space {action_space}")
+
+
+def exact_kl(old_params: th.Tensor, dist: Distribution) -> th.Tensor:
+    """Analytic KL(pi_old || pi) per state.
+
+    :param old_params: (batch, d) from :func:`distribution_params` at collection time
+    :param dist: SB3 distribution of the current policy on the same states
+    :return: (batch,)
+    """
+    if isinstance(dist, CategoricalDistribution):
+        return categorical_kl(old_params, dist.distribution.logits)
+    if isinstance(dist, MultiCategoricalDistribution):
+        splits = th.split(old_params, list(dist.action_dims), dim=1)
+        return th.stack([categorical_kl(o, d.logits) for o, d in zip(splits, dist.distribution)], dim=1).sum(dim=1)
+    if isinstance(dist, BernoulliDistribution):
+        return bernoulli_kl(old_params, dist.distribution.logits)
+    if isinstance(dist, (DiagGaussianDistribution, StateDependentNoiseDistribution)):
+        normal = _gaussian(dist)
+        half = old_params.shape[1] // 2
+        return diag_gaussian_kl(old_params[:, :half], old_params[:, half:], normal.loc, normal.scale)
+    raise TypeError(f"No exact KL for action distribution {type(dist).__name__}")
+
+
+def sampled_kl(log_ratio: th.Tensor, estimator: str) -> th.Tensor:
+    """Per-sample estimators of KL(pi_old || pi) from actions drawn from pi_old.
+
+    With ``log_ratio = log pi(a|s) - log pi_old(a|s)`` (so r = exp(log_ratio)):
+    k1 = -log r (unbiased, high variance, can be negative); k2 = (log r)^2 / 2 (biased, low variance);
+    k3 = (r - 1) - log r (unbiased, low variance, always >= 0).
+
+    :param log_ratio: (batch,)
+    :param estimator: "k1", "k2" or "k3"
+    :return: (batch,)
+    """
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return th.expm1(log_ratio) - log_ratio
+    raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS[1:]} for sampled KL, got {estimator!r}")

@@ -1,0 +1,69 @@
+"""The terms of the PPO objective as small pure functions of tensors.
+
+    L(theta) = - S(r, A) + c_vf * V_loss - c_ent * H[pi] + beta * D(pi_old || pi)
+
+Each function returns the term as it enters the loss to *minimise* (surrogates are negated), averaged
+over the minibatch. They are written in the same operation order as ``stable_baselines3.PPO.train``
+so that a clipped variant reproduces SB3's numbers bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch as th
+from torch.nn import functional as F
+
+__all__ = ["clip_fraction", "clipped_surrogate_loss", "entropy_loss", "unclipped_surrogate_loss", "value_loss"]
+
+
+def clipped_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor, clip_range: float) -> th.Tensor:
+    """-E[min(r A, clip(r, 1 - eps, 1 + eps) A)] (Schulman et al. 2017, eq. 7).
+
+    :param ratio: (batch,) pi(a|s) / pi_old(a|s)
+    :param advantages: (batch,)
+    :param clip_range: eps > 0
+    :return: scalar
+    """
+    policy_loss_1 = advantages * ratio
+    policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    return -th.min(policy_loss_1, policy_loss_2).mean()
+
+
+def unclipped_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor) -> th.Tensor:
+    """-E[r A], the importance-sampled policy-gradient surrogate (the paper's L^CPI).
+
+    :return: scalar
+    """
+    return -(advantages * ratio).mean()
+
+
+def clip_fraction(ratio: th.Tensor, clip_range: float) -> th.Tensor:
+    """Fraction of samples with |r - 1| > eps (a diagnostic, logged as ``train/clip_fraction``)."""
+    return th.mean((th.abs(ratio - 1) > clip_range).float())
+
+
+def value_loss(
+    values: th.Tensor, old_values: th.Tensor, returns: th.Tensor, clip_range_vf: float | None = None
+) -> th.Tensor:
+    """MSE between the TD(lambda) returns and the value prediction, optionally clipped around the old value.
+
+    :param values: (batch,) current predictions
+    :param old_values: (batch,) predictions at collection time
+    :param returns: (batch,) targets
+    :param clip_range_vf: None for no clipping, else the largest allowed change of the prediction
+    :return: scalar
+    """
+    if clip_range_vf is None:
+        values_pred = values
+    else:
+        values_pred = old_values + th.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+    return F.mse_loss(returns, values_pred)
+
+
+def entropy_loss(entropy: th.Tensor | None, log_prob: th.Tensor) -> th.Tensor:
+    """-E[H[pi]]; when the distribution has no analytic entropy, E[-log pi(a|s)] estimates it.
+
+    :return: scalar
+    """
+    if entropy is None:
+        return -th.mean(-log_prob)
+    return -th.mean(entropy)

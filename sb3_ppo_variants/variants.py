@@ -1,0 +1,102 @@
+"""The named variants: a choice of loss terms each, a few lines each (the training loop is VariantPPO's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import GymEnv
+
+from sb3_ppo_variants.algorithm import VariantPPO
+from sb3_ppo_variants.schedules import ScheduleLike
+
+__all__ = ["AdaptiveKLPPO", "ClipKLPPO", "ClipPPO", "KLPPO"]
+
+
+class ClipPPO(VariantPPO):
+    """PPO with the clipped surrogate and no KL penalty: the same numbers as ``stable_baselines3.PPO``
+    for the same seed and arguments. Takes every argument of :class:`VariantPPO` but ``surrogate``,
+    ``kl_penalty``, ``kl_coef``, ``kl_target`` and ``kl_estimator``."""
+
+    def __init__(self, policy: str | type[ActorCriticPolicy], env: GymEnv | str, **kwargs: Any):
+        super().__init__(policy, env, surrogate="clipped", kl_penalty="none", **kwargs)
+
+
+class KLPPO(VariantPPO):
+    """The paper's "fixed KL penalty": unclipped surrogate r A minus beta * KL(pi_old || pi).
+
+    :param kl_coef: beta >= 0, a float or a schedule (default 1.0)
+    :param kl_estimator: "exact" (default), "k1", "k2" or "k3"
+    """
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        kl_coef: ScheduleLike = 1.0,
+        kl_estimator: str = "exact",
+        **kwargs: Any,
+    ):
+        super().__init__(
+            policy, env, surrogate="unclipped", kl_penalty="fixed", kl_coef=kl_coef, kl_estimator=kl_estimator, **kwargs
+        )
+
+
+class AdaptiveKLPPO(VariantPPO):
+    """The paper's "adaptive KL penalty": unclipped surrogate, beta halved or doubled after each update
+    to keep the mean KL near ``kl_target``.
+
+    :param kl_coef: initial beta > 0 (default 1.0)
+    :param kl_target: d_targ > 0 (default 0.01)
+    :param kl_estimator: "exact" (default), "k1", "k2" or "k3"
+    """
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        kl_coef: ScheduleLike = 1.0,
+        kl_target: float = 0.01,
+        kl_estimator: str = "exact",
+        **kwargs: Any,
+    ):
+        super().__init__(
+            policy,
+            env,
+            surrogate="unclipped",
+            kl_penalty="adaptive",
+            kl_coef=kl_coef,
+            kl_target=kl_target,
+            kl_estimator=kl_estimator,
+            **kwargs,
+        )
+
+
+class ClipKLPPO(VariantPPO):
+    """Clipped surrogate plus a KL penalty: fixed ``kl_coef``, or adaptive when ``kl_target`` is given
+    (RLlib's default PPO shape).
+
+    :param kl_coef: beta >= 0 (fixed), or the initial beta > 0 (adaptive); default 0.2
+    :param kl_target: None for a fixed beta, else d_targ > 0 of the adaptive rule
+    :param kl_estimator: "exact" (default), "k1", "k2" or "k3"
+    """
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        kl_coef: ScheduleLike = 0.2,
+        kl_target: float | None = None,
+        kl_estimator: str = "exact",
+        **kwargs: Any,
+    ):
+        super().__init__(
+            policy,
+            env,
+            surrogate="clipped",
+            kl_penalty="fixed" if kl_target is None else "adaptive",
+            kl_coef=kl_coef,
+            kl_target=kl_target,
+            kl_estimator=kl_estimator,
+            **kwargs,
+        )
