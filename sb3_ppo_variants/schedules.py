@@ -247,8 +247,8 @@ def check_schedule(
     """Validate a coefficient at construction time and return it with strings parsed.
 
     Floats are kept as they are (so SB3 code that reads a float still sees one); strings become
-    schedule objects. The values at progress 1 and 0 (all values, for a step schedule) must be
-    ``>= minimum`` (``> minimum`` with ``strict``).
+    schedule objects. The value at progress 1 must be ``>= minimum`` (``> minimum`` with ``strict``)
+    and no value may fall below ``minimum`` (rl-zoo3's ``clip_range: lin_0.2`` ends at 0, which SB3 allows).
 
     :raises TypeError: for a value that is neither a number, a string nor a callable
     :raises ValueError: for a malformed string or a value out of range
@@ -258,15 +258,16 @@ def check_schedule(
             return None
         raise TypeError(f"{name} must not be None")
     schedule = as_schedule(value, name)
-    if isinstance(schedule, Schedule):
-        low, _ = schedule.extremes()
-    else:
-        try:
-            low = min(float(schedule(1.0)), float(schedule(0.0)))
-        except Exception as error:  # a user callable that cannot be evaluated is an input error
-            raise TypeError(f"{name}: calling the schedule at progress 1 and 0 failed: {error!r}") from error
+    try:
+        start = float(schedule(1.0))
+        low = schedule.extremes()[0] if isinstance(schedule, Schedule) else min(start, float(schedule(0.0)))
+    except Exception as error:  # a user callable that cannot be evaluated is an input error
+        raise TypeError(f"{name}: calling the schedule at progress 1 and 0 failed: {error!r}") from error
     op = ">" if strict else ">="
-    ok = low > minimum if strict else low >= minimum
-    if not ok or math.isnan(low):
-        raise ValueError(f"{name} must be {op} {minimum} throughout training, got {value!r} (smallest value {low})")
+    start_ok = start > minimum if strict else start >= minimum
+    if not start_ok or not low >= minimum or math.isnan(low):
+        raise ValueError(
+            f"{name} must be {op} {minimum} at the start of training and >= {minimum} throughout, "
+            f"got {value!r} (start {start}, smallest value {low})"
+        )
     return float(value) if isinstance(value, (int, float)) else schedule

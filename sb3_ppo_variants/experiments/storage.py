@@ -1,0 +1,115 @@
+"""Optuna storages: an embedded file by default, PostgreSQL (or any SQLAlchemy URL) for several machines.
+
+- ``None`` or a path ending in ``.log``: an Optuna journal file (safe for several local processes).
+- a path ending in ``.db`` or a ``sqlite:///`` URL: SQLite.
+- ``postgresql://...`` (psycopg 3), ``mysql://...``: a shared database, with heartbeats so that a trial
+  of a killed worker is failed and retried instead of blocking the study.
+
+Several workers started at the same moment on an empty PostgreSQL database race while creating
+Optuna's tables (seen here: ``UniqueViolation ... pg_type_typname_nsp_index``); :func:`open_storage`
+absorbs that by retrying.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+
+__all__ = ["DEFAULT_STORAGE_NAME", "StorageError", "open_storage", "storage_label"]
+
+DEFAULT_STORAGE_NAME = "study.log"
+
+
+class StorageError(ValueError):
+    """The storage argument is malformed or the storage cannot be reached."""
+
+
+def _is_url(storage: str) -> bool:
+    return "://" in storage
+
+
+def storage_label(storage: str | None, out_dir: str | Path) -> str:
+    """The storage as a user would pass it again (a file path or a URL with the password hidden)."""
+    if storage is None:
+        return str(Path(out_dir) / DEFAULT_STORAGE_NAME)
+    if _is_url(storage):
+        from sqlalchemy.engine import make_url
+
+        return make_url(storage).render_as_string(hide_password=True)
+    return storage
+
+
+def open_storage(
+    storage: str | None,
+    out_dir: str | Path = ".",
+    heartbeat_interval: int = 60,
+    max_retry: int = 2,
+    attempts: int = 8,
+) -> BaseStorage:
+    """Open (creating if needed) the storage of a study.
+
+    :param storage: None (a journal file ``study.log`` in ``out_dir``), a ``.log`` or ``.db`` path
+        (relative paths are taken as they are), or a database URL
+    :param out_dir: where the default journal file goes
+    :param heartbeat_interval: seconds between heartbeats of a running trial (database URLs only); a
+        trial silent for twice that is failed and, up to ``max_retry`` times, enqueued again
+    :param attempts: how many times to retry the creation of Optuna's tables on a shared database
+    :raises StorageError: for a malformed argument or a database that does not connect
+    """
+    if storage is None:
+        storage = str(Path(out_dir) / DEFAULT_STORAGE_NAME)
+    if not isinstance(storage, str) or not storage:
+        raise StorageError(f"--storage must be a file path (*.log, *.db) or a database URL, got {storage!r}")
+    if not _is_url(storage):
+        path = Path(storage)
+        if path.suffix not in (".log", ".db"):
+            raise StorageError(
+                f"--storage {storage!r}: a file storage must end in .log (Optuna journal) or .db (SQLite); "
+                "a database is given as a URL such as postgresql://user@host:5432/dbname"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".log":
+            return JournalStorage(JournalFileBackend(str(path)))
+        storage = f"sqlite:///{path}"
+    if storage.startswith("sqlite"):
+        return RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    last_error: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(
+                storage,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=heartbeat_interval,
+                grace_period=2 * heartbeat_interval,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            )
+        except ImportError as error:
+            raise StorageError(
+                f"--storage {storage_label(storage, out_dir)}: no database driver ({error.__cause__ or error}); "
+                "for postgresql:// install psycopg 3: pip install 'psycopg[binary]'"
+            ) from None
+        except Exception as error:  # sqlalchemy errors: connection refused, or the table-creation race
+            last_error = error
+            text = str(error)
+            if "UniqueViolation" in text or "already exists" in text or "duplicate key" in text:
+                time.sleep(0.2 + random.random() * (attempt + 1))
+                continue
+            break
+    raise StorageError(
+        f"--storage {storage_label(storage, out_dir)} does not connect: {type(last_error).__name__}: "
+        f"{str(last_error).splitlines()[0] if last_error else ''}"
+    )
+
+
+def _silence_experimental_warnings() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+_silence_experimental_warnings()
