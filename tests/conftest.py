@@ -1,0 +1,35 @@
+"""Shared fixtures. PostgreSQL tests skip where no server runs, unless SB3PV_REQUIRE_POSTGRES=1 (set by .ci/run)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+POSTGRES_SERVER = os.environ.get("SB3PV_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+
+
+def _require_postgres() -> bool:
+    return os.environ.get("SB3PV_REQUIRE_POSTGRES", "") not in ("", "0")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty database on the PostgreSQL server; dropped afterwards. Its URL is yielded."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(f"{POSTGRES_SERVER}/postgres", autocommit=True, connect_timeout=5)
+    except Exception as error:
+        if _require_postgres():
+            pytest.fail(f"PostgreSQL is required (SB3PV_REQUIRE_POSTGRES=1) but {POSTGRES_SERVER} is not reachable: {error}")
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_SERVER}: {error}")
+    name = f"sb3pv_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{POSTGRES_SERVER}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
