@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
 
@@ -22,7 +22,7 @@ from sb3_ppo_variants import losses
 from sb3_ppo_variants.buffers import OldDistributionBufferMixin, with_old_distribution
 from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController
 from sb3_ppo_variants.kl import KL_ESTIMATORS, distribution_params, exact_kl, sampled_kl
-from sb3_ppo_variants.schedules import ScheduleLike, as_schedule, check_schedule, schedule_value
+from sb3_ppo_variants.schedules import ScheduleLike, check_schedule, schedule_value
 
 __all__ = ["KL_PENALTIES", "SURROGATES", "NonFiniteLossError", "VariantPPO"]
 
@@ -124,7 +124,7 @@ class VariantPPO(PPO):
         self.kl_estimator = _choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
         learning_rate = check_schedule(learning_rate, "learning_rate", strict=False)  # type: ignore[assignment]
         clip_range = check_schedule(clip_range, "clip_range", strict=True)  # type: ignore[assignment]
-        clip_range_vf = check_schedule(clip_range_vf, "clip_range_vf", strict=True, allow_none=True)
+        clip_range_vf = check_schedule(clip_range_vf, "clip_range_vf", strict=True, allow_none=True)  # type: ignore[arg-type]
         ent_coef = check_schedule(ent_coef, "ent_coef")  # type: ignore[assignment]
         self.kl_coef = check_schedule(kl_coef, "kl_coef")
         if kl_target is not None:
@@ -230,7 +230,7 @@ class VariantPPO(PPO):
         chunk = max(self.batch_size, 1024)
         total = 0.0
         for start in range(0, size, chunk):
-            data = buffer._get_samples(np.arange(start, min(start + chunk, size)))
+            data: Any = buffer._get_samples(np.arange(start, min(start + chunk, size)))
             self.policy.evaluate_actions(data.observations, self._actions(data.actions))
             total += exact_kl(data.old_dist_params, self.policy.action_dist).sum().item()
         return total / size
@@ -256,6 +256,7 @@ class VariantPPO(PPO):
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
             # Do a complete pass on the rollout buffer
+            rollout_data: Any
             for rollout_data in self.rollout_buffer.get(self.batch_size):
                 actions = self._actions(rollout_data.actions)
                 values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
@@ -280,7 +281,11 @@ class VariantPPO(PPO):
                 entropy_losses.append(e_loss.item())
 
                 loss = policy_loss + ent_coef * e_loss + self.vf_coef * v_loss
-                terms = {"policy_gradient_loss": pg_losses[-1], "value_loss": value_losses[-1], "entropy_loss": entropy_losses[-1]}
+                terms = {
+                    "policy_gradient_loss": pg_losses[-1],
+                    "value_loss": value_losses[-1],
+                    "entropy_loss": entropy_losses[-1],
+                }
                 if penalised:
                     if self.kl_estimator == "exact":
                         kl = exact_kl(rollout_data.old_dist_params, self.policy.action_dist).mean()
@@ -368,5 +373,3 @@ class VariantPPO(PPO):
                 reset_num_timesteps=reset_num_timesteps,
                 progress_bar=progress_bar,
             )
-
-

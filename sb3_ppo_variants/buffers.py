@@ -48,10 +48,8 @@ class OldDistributionBufferMixin:
     generator_ready: bool
 
     def reset(self) -> None:
-        self.old_dist_params = np.zeros(
-            (self.buffer_size, self.n_envs, distribution_param_dim(self.action_space)),  # type: ignore[attr-defined]
-            dtype=np.float32,
-        )
+        width = distribution_param_dim(self.action_space)  # type: ignore[attr-defined]
+        self.old_dist_params = np.zeros((self.buffer_size, self.n_envs, width), dtype=np.float32)
         super().reset()  # type: ignore[misc]
 
     def store_old_distribution(self, params: th.Tensor) -> None:
@@ -63,19 +61,17 @@ class OldDistributionBufferMixin:
             self.old_dist_params = self.swap_and_flatten(self.old_dist_params)  # type: ignore[attr-defined]
         yield from super().get(batch_size)  # type: ignore[misc]
 
-    def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None) -> RolloutBufferSamplesWithDistribution:
+    def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None) -> Any:
         samples = super()._get_samples(batch_inds, env)  # type: ignore[misc]
-        return RolloutBufferSamplesWithDistribution(
-            *samples,
-            old_dist_params=self.to_torch(self.old_dist_params[batch_inds]),  # type: ignore[attr-defined]
-        )
+        old_dist_params = self.to_torch(self.old_dist_params[batch_inds])  # type: ignore[attr-defined]
+        return RolloutBufferSamplesWithDistribution(*samples, old_dist_params)  # type: ignore[call-arg]
 
 
-class OldDistributionRolloutBuffer(OldDistributionBufferMixin, RolloutBuffer):
+class OldDistributionRolloutBuffer(OldDistributionBufferMixin, RolloutBuffer):  # type: ignore[misc]
     """SB3's ``RolloutBuffer`` that also keeps the old distribution's parameters."""
 
 
-class OldDistributionDictRolloutBuffer(OldDistributionBufferMixin, DictRolloutBuffer):
+class OldDistributionDictRolloutBuffer(OldDistributionBufferMixin, DictRolloutBuffer):  # type: ignore[misc]
     """SB3's ``DictRolloutBuffer`` (Dict observations) that also keeps the old distribution's parameters."""
 
 
@@ -90,11 +86,7 @@ def with_old_distribution(buffer_class: type[RolloutBuffer]) -> type[RolloutBuff
     if issubclass(buffer_class, OldDistributionBufferMixin):
         return buffer_class
     if not issubclass(buffer_class, (RolloutBuffer, DictRolloutBuffer)):
-        raise TypeError(
-            f"rollout_buffer_class must be a subclass of RolloutBuffer or DictRolloutBuffer, got {buffer_class!r}"
-        )
+        raise TypeError(f"rollout_buffer_class must be a subclass of RolloutBuffer or DictRolloutBuffer, got {buffer_class!r}")
     if buffer_class not in _KNOWN:
-        _KNOWN[buffer_class] = type(
-            f"OldDistribution{buffer_class.__name__}", (OldDistributionBufferMixin, buffer_class), {}
-        )
+        _KNOWN[buffer_class] = type(f"OldDistribution{buffer_class.__name__}", (OldDistributionBufferMixin, buffer_class), {})
     return _KNOWN[buffer_class]

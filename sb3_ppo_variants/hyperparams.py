@@ -61,8 +61,10 @@ def load_hyperparams(source: str | Path | dict[str, Any], env_id: str, variant: 
     if not isinstance(data, dict):
         raise ValueError(f"hyperparameters must be a mapping of env id -> settings, got {type(data).__name__}")
     if env_id not in data:
-        raise KeyError(f"no hyperparameters for env {env_id!r} in {source if not isinstance(source, dict) else 'the mapping'}; "
-                       f"it has {sorted(data)}")
+        raise KeyError(
+            f"no hyperparameters for env {env_id!r} in {source if not isinstance(source, dict) else 'the mapping'}; "
+            f"it has {sorted(data)}"
+        )
     entry = copy.deepcopy(data[env_id]) or {}
     if any(isinstance(v, dict) and k not in ("policy_kwargs", "normalize_kwargs", "env_kwargs") for k, v in entry.items()):
         merged = dict(entry.get("default", {}) or {})

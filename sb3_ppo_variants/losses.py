@@ -41,9 +41,7 @@ def clip_fraction(ratio: th.Tensor, clip_range: float) -> th.Tensor:
     return th.mean((th.abs(ratio - 1) > clip_range).float())
 
 
-def value_loss(
-    values: th.Tensor, old_values: th.Tensor, returns: th.Tensor, clip_range_vf: float | None = None
-) -> th.Tensor:
+def value_loss(values: th.Tensor, old_values: th.Tensor, returns: th.Tensor, clip_range_vf: float | None = None) -> th.Tensor:
     """MSE between the TD(lambda) returns and the value prediction, optionally clipped around the old value.
 
     :param values: (batch,) current predictions

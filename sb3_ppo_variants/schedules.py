@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
+from itertools import pairwise
 
 __all__ = [
     "SCHEDULE_GRAMMAR",
@@ -139,7 +139,7 @@ class StepSchedule(Schedule):
                 f"boundaries={self.boundaries}"
             )
         bounds = (1.0, *self.boundaries, 0.0)
-        if any(not (a > b) for a, b in zip(bounds, bounds[1:])):
+        if any(not (a > b) for a, b in pairwise(bounds)):
             raise ValueError(f"StepSchedule boundaries must be strictly decreasing in (0, 1), got {self.boundaries}")
 
     def __call__(self, progress_remaining: float) -> float:
@@ -154,7 +154,7 @@ class StepSchedule(Schedule):
         return "step_" + "_".join(parts)
 
 
-ScheduleLike = Union[float, int, str, Callable[[float], float]]
+ScheduleLike = float | int | str | Callable[[float], float]
 
 
 def _malformed(text: str, why: str = "") -> ValueError:

@@ -10,7 +10,7 @@ from stable_baselines3.common.type_aliases import GymEnv
 from sb3_ppo_variants.algorithm import VariantPPO
 from sb3_ppo_variants.schedules import ScheduleLike
 
-__all__ = ["AdaptiveKLPPO", "ClipKLPPO", "ClipPPO", "KLPPO"]
+__all__ = ["KLPPO", "AdaptiveKLPPO", "ClipKLPPO", "ClipPPO"]
 
 
 class ClipPPO(VariantPPO):

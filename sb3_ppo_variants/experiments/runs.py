@@ -71,7 +71,9 @@ class SeededRun:
 
     def __post_init__(self) -> None:
         outer = _get_rng()
-        self.model: BaseAlgorithm = make_model(self.variant, self.env_id, self.hyperparams, seed=self.seed, **self.model_kwargs)
+        self.model: BaseAlgorithm = make_model(
+            self.variant, self.env_id, self.hyperparams, seed=self.seed, **self.model_kwargs
+        )
         self._rng = _get_rng()
         _set_rng(outer)
         _, settings = split_hyperparams(self.hyperparams or {})
@@ -114,7 +116,7 @@ class SeededRun:
         if not hasattr(self, "_seen"):
             self._seen = [0] * len(per_env)
         for index, returns in enumerate(per_env):
-            new = [float(r) for r in returns[self._seen[index] :]]
+            new = [float(r) for r in returns[self._seen[index] :]]  # type: ignore[arg-type]
             self._seen[index] = len(returns)
             self.episode_returns.extend(new)
             self.episode_timesteps.extend([self.num_timesteps] * len(new))
@@ -129,7 +131,7 @@ class SeededRun:
             mean, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.n_eval_episodes, deterministic=True)
         finally:
             _set_rng(outer)
-        return float(mean)
+        return float(mean)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.eval_env.close()
