@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
 
 import pytest
 import torch as th
+from helpers import params as _params
+from helpers import recorded as _recorded
 from stable_baselines3 import PPO
-from stable_baselines3.common.logger import Logger
 
 from sb3_ppo_variants import (
     KLPPO,
@@ -23,33 +23,6 @@ from sb3_ppo_variants import (
     VariantPPO,
 )
 from sb3_ppo_variants.schedules import LinearSchedule
-
-
-def _params(model: Any) -> th.Tensor:
-    return th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().clone()
-
-
-class RecordingLogger(Logger):
-    """SB3's logger that also keeps every value dumped, per key (real logger, nothing mocked)."""
-
-    def __init__(self) -> None:
-        super().__init__(folder=None, output_formats=[])
-        self.history: dict[str, list[float]] = {}
-
-    def dump(self, step: int = 0) -> None:
-        for key, value in self.name_to_value.items():
-            self.history.setdefault(key, []).append(float(value))
-        super().dump(step)
-
-    def flush_pending(self) -> None:
-        """SB3 dumps before each train(): the values of the last update are still pending after learn()."""
-        self.dump()
-
-
-def _recorded(model: Any) -> RecordingLogger:
-    logger = RecordingLogger()
-    model.set_logger(logger)
-    return logger
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
