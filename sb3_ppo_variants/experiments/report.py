@@ -1,0 +1,275 @@
+"""The Markdown report of an ablation: the numbers, the figures, and the protocol that produced them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import socket
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from sb3_ppo_variants.experiments.ablation import AblationResults
+from sb3_ppo_variants.experiments.factorial import VariantSpec
+from sb3_ppo_variants.experiments.reference import ReferenceScore
+from sb3_ppo_variants.experiments.statistics import AGGREGATE, METRICS, AblationStatistics
+
+__all__ = ["PACKAGES", "ReportContext", "package_versions", "write_report"]
+
+#: Distributions whose versions the report states.
+PACKAGES = (
+    "sb3-ppo-variants",
+    "stable-baselines3",
+    "sb3-contrib",
+    "gymnasium",
+    "torch",
+    "numpy",
+    "optuna",
+    "rliable",
+    "scipy",
+    "pandas",
+)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@dataclass
+class ReportContext:
+    """What the report says about how the study was run, besides the results themselves.
+
+    :param grid: cell key -> status (``complete``, ``running``, ``waiting``, ``failed``, ``missing``) of the grid asked for
+    :param plots: figure name -> path (relative to the report's directory when written)
+    """
+
+    specs: list[VariantSpec]
+    envs: list[str]
+    seeds: list[int]
+    references: dict[str, ReferenceScore]
+    storage: str
+    study_name: str
+    command: str
+    bootstrap_reps: int
+    grid: dict[str, str]
+    plots: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _interval(point: float, low: float, high: float, digits: int) -> str:
+    return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _verdict(row: pd.Series) -> str:
+    if row["low"] > 0.5:
+        return "better"
+    if row["high"] < 0.5:
+        return "worse"
+    return "no clear difference"
+
+
+def _scope_table(stats: AblationStatistics, scope: str, digits: int) -> list[str]:
+    rows = stats.intervals[stats.intervals["env_id"] == scope]
+    improvement = stats.improvement[stats.improvement["env_id"] == scope] if len(stats.improvement) else pd.DataFrame()
+    header = ["variant", "runs", *(f"{m} [95% CI]" for m in ("Mean", "Median", "IQM")), f"P(> {stats.baseline}) [95% CI]"]
+    lines = []
+    for variant in dict.fromkeys(rows["variant"]):
+        cells = [variant, str(int(rows[rows["variant"] == variant]["runs"].iloc[0]))]
+        for metric in METRICS:
+            row = rows[(rows["variant"] == variant) & (rows["metric"] == metric)].iloc[0]
+            cells.append(_interval(row["point"], row["low"], row["high"], digits))
+        match = improvement[improvement["variant"] == variant] if len(improvement) else improvement
+        if len(match):
+            row = match.iloc[0]
+            cells.append(f"{_interval(row['probability'], row['low'], row['high'], 2)} ({_verdict(row)})")
+        else:
+            cells.append("baseline" if variant == stats.baseline else "-")
+        lines.append(cells)
+    return _table(header, lines)
+
+
+def _image(context: ReportContext, name: str, alt: str, base: Path) -> list[str]:
+    path = context.plots.get(name)
+    if path is None:
+        return []
+    return [f"![{alt}]({Path(os.path.relpath(path, base)).as_posix()})", ""]
+
+
+def _summary(results: AblationResults, stats: AblationStatistics, context: ReportContext) -> list[str]:
+    counts = pd.Series(context.grid).value_counts().to_dict()
+    total = len(context.grid)
+    lines = [
+        f"- Grid: {len(context.specs)} variants x {len(context.envs)} environments x {len(context.seeds)} seeds "
+        f"= {total} runs; " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + ".",
+    ]
+    unfinished = sorted(key for key, state in context.grid.items() if state != "complete")
+    if unfinished:
+        lines.append(
+            f"- **Incomplete:** {len(unfinished)} runs have no result yet ({', '.join(unfinished[:12])}"
+            f"{', ...' if len(unfinished) > 12 else ''}); the numbers below use the completed runs only. "
+            "Rerun the same command to run the missing ones."
+        )
+    for key, error in sorted(results.failed.items()):
+        lines.append(f"- Failed: `{key}`: `{error.splitlines()[-1][:300]}`")
+    if results.duplicates:
+        lines.append(f"- **Warning:** cells completed more than once (the first is used): {results.duplicates}")
+    if stats.baseline is not None and len(stats.improvement):
+        scope = AGGREGATE if AGGREGATE in set(stats.improvement["env_id"]) else stats.improvement["env_id"].iloc[0]
+        for _, row in stats.improvement[stats.improvement["env_id"] == scope].iterrows():
+            where = "over environments" if scope == AGGREGATE else f"on {scope}"
+            lines.append(
+                f"- P({row['variant']} > {stats.baseline}) {where} = {row['probability']:.2f} "
+                f"[{row['low']:.2f}, {row['high']:.2f}]: {_verdict(row)}"
+                + (" (the interval contains 0.5)" if _verdict(row) == "no clear difference" else "")
+            )
+    n_min = int(results.runs.groupby(["variant", "env_id"]).size().min()) if len(results.runs) else 0
+    if 0 < n_min < 10:
+        lines.append(
+            f"- With {n_min} seed(s) per variant and environment the intervals are wide; bootstrap intervals from "
+            "fewer than ~5 runs under-cover, so read them as rough (Agarwal et al. 2021 recommend more runs)."
+        )
+    return lines
+
+
+def _protocol(results: AblationResults, stats: AblationStatistics, context: ReportContext) -> list[str]:
+    protocol = results.protocol
+    lines = [
+        f"- Seeds: {context.seeds} (training envs and model seeded with the seed; evaluation env with seed + 1000003).",
+        f"- Budget: {protocol.timesteps} timesteps per run (rounded up to whole rollouts); the schedules run over the "
+        "whole budget; an rl-zoo3 entry's `n_timesteps` is ignored.",
+        f"- Evaluation: at 0, every {protocol.eval_freq} timesteps and at the end, {protocol.n_eval_episodes} "
+        "deterministic episodes on a separate evaluation env; the curve point is their mean return.",
+        "- Final score of a run: its last evaluation (at the end of the budget). Training-episode returns (Monitor, "
+        "stochastic policy) are kept in `episodes.csv` but not used in the statistics.",
+        f"- Statistics: rliable {package_versions()['rliable']}: mean, median and IQM (25% trimmed mean) of the final "
+        f"scores with 95% stratified bootstrap CIs ({context.bootstrap_reps} replications, percentile method); "
+        "P(X > Y) is the Mann-Whitney U statistic / (n_X n_Y) averaged over environments, with a stratified "
+        "independent bootstrap CI. Per environment on raw returns; over environments on min-max normalised scores.",
+        f"- Storage: `{context.storage}`, study `{context.study_name}` (each run is one trial; rerunning the command "
+        "runs only the missing cells).",
+        f"- Command: `{context.command}`",
+        "",
+        "### Variants",
+        "",
+    ]
+    rows = []
+    for spec in context.specs:
+        recipe = next((r for r in results.recipes.values() if r["variant"] == spec.name), None)
+        rows.append(
+            [
+                spec.name,
+                spec.algorithm_class().__name__,
+                spec.components.get("surrogate", "-"),
+                spec.components.get("kl_penalty", "-"),
+                spec.components.get("entropy", "-"),
+                f"`{spec.overrides}`" if spec.overrides else "-",
+                ", ".join(recipe["dropped"]) if recipe and recipe["dropped"] else "-",
+            ]
+        )
+    lines += _table(["name", "class", "surrogate", "KL penalty", "entropy", "fixed arguments", "dropped keys"], rows)
+    lines += [
+        "",
+        "'fixed arguments' win over the hyperparameters; 'dropped keys' are entries of a shared hyperparameter "
+        "entry the class does not take (e.g. `clip_range` for TRPO).",
+        "",
+        "### Hyperparameters",
+        "",
+    ]
+    seen: dict[str, list[str]] = {}
+    for recipe in results.recipes.values():
+        text = yaml.safe_dump(recipe["hyperparams"], sort_keys=True).strip() or "{}"
+        label = f"{recipe['hyperparams_source']}"
+        seen.setdefault(f"{label}\n{text}", [])
+        name = f"{recipe['variant']} on {recipe['env_id']}"
+        if name not in seen[f"{label}\n{text}"]:
+            seen[f"{label}\n{text}"].append(name)
+    for key, names in seen.items():
+        label, text = key.split("\n", 1)
+        lines += [f"{', '.join(names)} (from {label}):", "", "```yaml", text, "```", ""]
+    lines += ["### Reference scores (min-max normalisation)", ""]
+    ref_rows = [
+        [
+            env,
+            f"{ref.random_mean:g}",
+            f"{ref.ppo_reference_mean:g}",
+            str(ref.ppo_reference_timesteps or "-"),
+            ref.ppo_reference_source,
+        ]
+        for env, ref in context.references.items()
+        if env in context.envs
+    ]
+    lines += _table(["env", "0 = random policy", "1 = reference PPO", "reference budget", "source"], ref_rows)
+    lines += [
+        "",
+        "The random-policy returns were measured with gymnasium 1.4.0 (100 episodes). The rl-zoo3 figures are single "
+        "runs with their std over evaluation episodes, not over seeds, and after their own (larger) budgets.",
+    ]
+    lines += [f"- {note}" for note in stats.notes]
+    return lines
+
+
+def _machine(results: AblationResults) -> list[str]:
+    versions = package_versions()
+    hosts = sorted({str(h) for h in results.runs["host"].dropna()}) if len(results.runs) else []
+    wall = results.runs["wall_time_s"].sum() if len(results.runs) else 0.0
+    return [
+        f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Report written on: {socket.gethostname()}, {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs",
+        f"- Runs done on: {', '.join(hosts) or '-'}; total run time {wall / 60:.1f} min (sum over runs)",
+        "- Versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()),
+    ]
+
+
+def write_report(
+    path: str | Path, results: AblationResults, stats: AblationStatistics, context: ReportContext, title: str | None = None
+) -> Path:
+    """Write the Markdown report (figures linked relative to its directory) and return its path."""
+    path = Path(path)
+    base = path.parent
+    digits = 2
+    title = title or f"Ablation: {', '.join(s.name for s in context.specs)} on {', '.join(context.envs)}"
+    lines: list[str] = [f"# {title}", "", "## Summary", ""]
+    lines += _summary(results, stats, context)
+    lines += [""]
+    if AGGREGATE in set(stats.intervals.get("env_id", [])):
+        lines += [f"## Over environments (normalised: {', '.join(stats.aggregate_envs)})", ""]
+        lines += _scope_table(stats, AGGREGATE, digits)
+        lines += [""]
+        lines += _image(context, "intervals_aggregate", "aggregate metrics", base)
+    lines += _image(context, "improvement", "probability of improvement", base)
+    lines += ["## Per environment (raw returns of the final evaluation)", ""]
+    for env_id in context.envs:
+        if env_id not in set(stats.intervals.get("env_id", [])):
+            lines += [f"### {env_id}", "", "No completed run.", ""]
+            continue
+        lines += [f"### {env_id}", ""]
+        lines += _image(context, f"curves_{env_id}", f"learning curves {env_id}", base)
+        lines += _scope_table(stats, env_id, digits)
+        lines += [""]
+        lines += _image(context, f"intervals_{env_id}", f"metrics {env_id}", base)
+    lines += ["## Protocol", ""]
+    lines += _protocol(results, stats, context)
+    lines += ["", "## Software and machine", ""]
+    lines += _machine(results)
+    if context.files:
+        lines += ["", "## Raw data", ""]
+        lines += [f"- `{Path(os.path.relpath(p, base)).as_posix()}`: {name}" for name, p in context.files.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
