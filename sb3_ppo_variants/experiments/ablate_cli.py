@@ -1,0 +1,349 @@
+"""``sb3pv-ablate`` / ``python tuning/ablate.py``: variants x environments x seeds, statistics, plots and a report.
+
+Example (about 5 minutes on 2 cores)::
+
+    python tuning/ablate.py --envs CartPole-v1 --variants clip kl adaptive_kl clip_kl --seeds 3 \\
+        --timesteps 30000 --out runs/ablation-cartpole
+
+Every run is one trial of an Optuna study in ``--storage`` (default: the journal file ``OUT/study.log``), so an
+interrupted command resumes where it stopped, and the same command on several machines with
+``--storage postgresql://...`` shares the grid, each run done once. See :mod:`sb3_ppo_variants.experiments.ablation`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import optuna
+import torch as th
+import yaml
+
+from sb3_ppo_variants.experiments import ablation, plots, report, statistics
+from sb3_ppo_variants.experiments.factorial import (
+    DEFAULT_ENT_COEF,
+    DEFAULT_ENT_SCHEDULE,
+    VariantSpec,
+    factorial_names,
+    parse_variant,
+)
+from sb3_ppo_variants.experiments.reference import ReferenceScore, load_reference_scores
+from sb3_ppo_variants.experiments.storage import StorageError, open_storage, storage_label
+from sb3_ppo_variants.hyperparams import make_model
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_HYPERPARAMS_LABEL = "sb3_ppo_variants/data/zoo_ppo.yml (rl-zoo3's PPO entries)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sb3pv-ablate",
+        description="Ablation study: variants x environments x seeds, kept in an Optuna storage (resumable, shareable "
+        "between machines), with rliable statistics, plots and a Markdown report.",
+    )
+    parser.add_argument("--envs", nargs="+", required=True, metavar="ENV", help="gymnasium ids")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="named variants (clip kl adaptive_kl clip_kl), baselines (sb3_ppo trpo) or factorial cells such as "
+        "clip+adaptive_kl+ent_sched (grammar: sb3_ppo_variants.experiments.factorial)",
+    )
+    parser.add_argument(
+        "--factorial",
+        action="store_true",
+        help="add every cell of {clip, noclip} x {no KL, kl, adaptive_kl} x {ent_const, ent_sched} (12 variants)",
+    )
+    parser.add_argument("--seeds", type=int, default=3, metavar="K", help="seeds 0..K-1 per variant and env (default 3)")
+    parser.add_argument("--timesteps", type=int, default=30_000, metavar="T", help="training budget per run (default 30000)")
+    parser.add_argument("--eval-freq", type=int, default=5_000, metavar="N", help="evaluate every N timesteps (default 5000)")
+    parser.add_argument("--n-eval-episodes", type=int, default=10, help="deterministic episodes per evaluation (default 10)")
+    parser.add_argument(
+        "--hyperparams",
+        metavar="FILE",
+        help="rl-zoo3 format YAML, per env and optionally per variant (e.g. what tuning wrote); "
+        "default: rl-zoo3's PPO entries shipped with the package (CartPole-v1, Acrobot-v1, Pendulum-v1, LunarLander-v3), "
+        "the algorithm's defaults for other envs",
+    )
+    parser.add_argument("--ent-coef", type=float, default=DEFAULT_ENT_COEF, help="ent_const's coefficient (default 0.01)")
+    parser.add_argument("--ent-schedule", default=DEFAULT_ENT_SCHEDULE, help="ent_sched's schedule (default lin_0.01)")
+    parser.add_argument("--baseline", help="variant the others are compared with (default sb3_ppo if run, else clip)")
+    parser.add_argument("--storage", help="*.log (journal), *.db (SQLite) or a database URL; default OUT/study.log")
+    parser.add_argument("--study-name", default=ablation.DEFAULT_STUDY_NAME, help="default 'ablation'")
+    parser.add_argument("--workers", type=int, default=1, metavar="W", help="local worker processes (default 1)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch threads per worker (default 1: small MLPs gain nothing from more, and several threads per worker "
+        "on busy cores made CartPole training 10-30x slower here)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory of the report, CSVs, plots (and storage)")
+    parser.add_argument("--reference-scores", metavar="CSV", help="min-max normalisation table (default: shipped)")
+    parser.add_argument("--bootstrap-reps", type=int, default=2000, help="bootstrap replications (default 2000)")
+    parser.add_argument("--report-only", action="store_true", help="do not run anything: report what the storage holds")
+    return parser
+
+
+@dataclass
+class Plan:
+    """A validated command: everything is known to be runnable before the first run starts."""
+
+    specs: list[VariantSpec]
+    envs: list[str]
+    seeds: list[int]
+    protocol: ablation.Protocol
+    tasks: list[ablation.CellTask]
+    references: dict[str, ReferenceScore]
+    out: Path
+    storage_arg: str | None
+    storage_label: str
+    study: optuna.Study
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"--{name} must be >= 1, got {value}")
+
+
+def _check_env(env_id: str) -> None:
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as error:
+        raise ValueError(f"--envs: {env_id!r} is not a registered gymnasium environment ({error})") from None
+    try:
+        gym.make(env_id).close()
+    except Exception as error:  # a missing dependency (Box2D, MuJoCo): say so now, not after an hour of other runs
+        raise ValueError(f"--envs: {env_id!r} cannot be created here: {type(error).__name__}: {error}") from None
+
+
+def _check_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {str(out)!r} is not a writable directory: {error}") from None
+
+
+def _load_hyperparams(path: str | None, envs: list[str]) -> tuple[dict[str, Any], str]:
+    if path is None:
+        text = resources.files("sb3_ppo_variants").joinpath("data", "zoo_ppo.yml").read_text()
+        return yaml.safe_load(text), DEFAULT_HYPERPARAMS_LABEL
+    try:
+        with open(path) as file:
+            data = yaml.safe_load(file) or {}
+    except OSError as error:
+        raise ValueError(f"--hyperparams {path!r} cannot be read: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--hyperparams {path!r} must map env ids to entries, got {type(data).__name__}")
+    missing = [env for env in envs if env not in data]
+    if missing:
+        raise ValueError(f"--hyperparams {path!r} has no entry for {missing}; it has {sorted(data)}")
+    return data, path
+
+
+def _check_builds(tasks: list[ablation.CellTask]) -> None:
+    """Build each (variant, env) model once, so that a bad hyperparameter fails now rather than in a worker."""
+    seen = set()
+    for task in tasks:
+        if (task.variant, task.env_id) in seen:
+            continue
+        seen.add((task.variant, task.env_id))
+        recipe = task.recipe()
+        try:
+            model = make_model(
+                ablation.algorithm_of(recipe), task.env_id, recipe["hyperparams"], seed=0, **recipe["model_kwargs"]
+            )
+        except Exception as error:
+            raise ValueError(
+                f"--variants {task.variant} on {task.env_id} with hyperparameters from {task.hyperparams_source} "
+                f"cannot be built: {type(error).__name__}: {error}"
+            ) from None
+        model.get_env().close()  # type: ignore[union-attr]
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Validate every argument and open the study; raises ValueError (naming the argument) before any run."""
+    for name in ("seeds", "timesteps", "eval_freq", "n_eval_episodes", "workers", "torch_threads", "bootstrap_reps"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    names = list(dict.fromkeys([*args.variants, *(factorial_names() if args.factorial else [])]))
+    if not names:
+        raise ValueError("--variants: give at least one name (or --factorial)")
+    specs = [parse_variant(name, args.ent_coef, args.ent_schedule) for name in names]
+    envs = list(dict.fromkeys(args.envs))
+    for env_id in envs:
+        _check_env(env_id)
+    if args.baseline is not None and args.baseline not in names:
+        raise ValueError(f"--baseline must be one of --variants {names}, got {args.baseline!r}")
+    references = load_reference_scores(args.reference_scores)
+    protocol = ablation.Protocol(args.timesteps, args.eval_freq, args.n_eval_episodes)
+    out = Path(args.out)
+    _check_out(out)
+    source, label = _load_hyperparams(args.hyperparams, envs)
+    seeds = list(range(args.seeds))
+    tasks = ablation.plan_cells(specs, envs, seeds, source, label)
+    if not args.report_only:
+        _check_builds(tasks)
+    storage = open_storage(args.storage, out)
+    study = ablation.open_study(storage, args.study_name, protocol)
+    return Plan(specs, envs, seeds, protocol, tasks, references, out, args.storage, storage_label(args.storage, out), study)
+
+
+def _worker_entry(storage_arg: str | None, out: str, study_name: str, torch_threads: int) -> None:
+    """A spawned worker: its own storage connection; runs cells until none is waiting."""
+    th.set_num_threads(torch_threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_arg, out))
+    ablation.run_worker(study)
+
+
+def _progress(total: int, initial: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="run", desc="ablation runs", dynamic_ncols=True)
+
+
+def run(plan: Plan, workers: int, threads: int = 1) -> None:
+    """Enqueue the missing cells and run them here with ``workers`` processes, with a progress bar over runs."""
+    keys = [task.key for task in plan.tasks]
+    enqueued = ablation.enqueue_missing(plan.study, plan.tasks)
+    done = sum(state == "complete" for state in ablation.grid_status(plan.study, keys).values())
+    print(f"{len(keys)} runs in the grid: {done} already complete, {len(enqueued)} to run ({plan.storage_label})")
+    bar = _progress(len(keys), done)
+    try:
+        if workers == 1:
+            ablation.run_worker(plan.study, on_done=lambda key, ok: bar.update(1) if ok else bar.write(f"failed: {key}"))
+            return
+        context = multiprocessing.get_context("spawn")
+        processes = [
+            context.Process(target=_worker_entry, args=(plan.storage_arg, str(plan.out), plan.study.study_name, threads))
+            for _ in range(workers)
+        ]
+        for process in processes:
+            process.start()
+        try:
+            while any(process.is_alive() for process in processes):
+                time.sleep(2.0)
+                complete = sum(state == "complete" for state in ablation.grid_status(plan.study, keys).values())
+                bar.update(complete - bar.n)
+        finally:
+            for process in processes:
+                process.join()
+        bad = [process.exitcode for process in processes if process.exitcode != 0]
+        if bad:
+            bar.write(f"{len(bad)} worker(s) exited with codes {bad}")
+    finally:
+        bar.close()
+
+
+def write_outputs(plan: Plan, args: argparse.Namespace, argv: list[str]) -> tuple[Path, ablation.AblationResults]:
+    """Collect the grid's results, export the CSVs, compute the statistics, draw the figures, write the report."""
+    keys = {task.key for task in plan.tasks}
+    results = ablation.collect_results(plan.study)
+    for name in ("runs", "curves", "episodes"):
+        frame = getattr(results, name)
+        keep = [ablation.cell_key(v, e, s) in keys for v, e, s in zip(frame["variant"], frame["env_id"], frame["seed"])]
+        setattr(results, name, frame[keep].reset_index(drop=True))
+    results.failed = {key: error for key, error in results.failed.items() if key in keys}
+    files = ablation.export_csv(results, plan.out)
+    names = [spec.name for spec in plan.specs]
+    results.runs = results.runs.sort_values(["variant", "env_id", "seed"], key=_order(names, plan.envs)).reset_index(drop=True)
+    results.curves = results.curves.sort_values(["variant", "env_id", "seed"], key=_order(names, plan.envs), kind="stable")
+    stats = statistics.summarize(results.runs, plan.references, args.baseline, reps=args.bootstrap_reps)
+    curve_stats = statistics.curve_intervals(results.curves, reps=args.bootstrap_reps)
+    for name, frame in (
+        ("statistics", stats.intervals),
+        ("improvement", stats.improvement),
+        ("curve_statistics", curve_stats),
+    ):
+        files[name] = plan.out / f"{name}.csv"
+        frame.to_csv(files[name], index=False)
+    figures: dict[str, Path] = {}
+    figure_dir = plan.out / "plots"
+    for env_id in plan.envs:
+        if env_id in set(curve_stats["env_id"]):
+            path = figure_dir / f"curves_{plots.slug(env_id)}.png"
+            figures[f"curves_{env_id}"] = plots.plot_learning_curves(curve_stats, results.curves, env_id, path)
+    for scope in dict.fromkeys(stats.intervals.get("env_id", [])):
+        figures[f"intervals_{scope}"] = plots.plot_intervals(
+            stats.intervals, scope, figure_dir / f"intervals_{plots.slug(scope)}.png"
+        )
+    if len(stats.improvement):
+        figures["improvement"] = plots.plot_improvement(stats.improvement, figure_dir / "improvement.png")
+    context = report.ReportContext(
+        specs=plan.specs,
+        envs=plan.envs,
+        seeds=plan.seeds,
+        references=plan.references,
+        storage=plan.storage_label,
+        study_name=plan.study.study_name,
+        command="python tuning/ablate.py " + shlex.join(argv),
+        bootstrap_reps=args.bootstrap_reps,
+        grid=ablation.grid_status(plan.study, [task.key for task in plan.tasks]),
+        plots=figures,
+        files={
+            "one row per run (final score)": files["runs"],
+            "evaluation curves": files["curves"],
+            "training-episode returns": files["episodes"],
+            "interval estimates": files["statistics"],
+            "probabilities of improvement": files["improvement"],
+            "learning-curve IQM and CIs": files["curve_statistics"],
+        },
+    )
+    return report.write_report(plan.out / "report.md", results, stats, context), results
+
+
+def _order(variants: list[str], envs: list[str]) -> Any:
+    def key(column: Any) -> Any:
+        if column.name == "variant":
+            return column.map({name: index for index, name in enumerate(variants)})
+        if column.name == "env_id":
+            return column.map({name: index for index, name in enumerate(envs)})
+        return column
+
+    return key
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; 0 when every run of the grid is complete, 1 when some are not, 2 for bad arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        plan = prepare(args)
+    except (ValueError, KeyError, StorageError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"sb3pv-ablate: error: {message}", file=sys.stderr)
+        return 2
+    if not args.report_only:
+        try:
+            th.set_num_threads(args.torch_threads)
+            run(plan, args.workers, args.torch_threads)
+        except KeyboardInterrupt:
+            print("\ninterrupted: rerun the same command to run the missing cells", file=sys.stderr)
+            return 130
+    path, results = write_outputs(plan, args, argv)
+    status = ablation.grid_status(plan.study, [task.key for task in plan.tasks])
+    incomplete = sorted(key for key, state in status.items() if state != "complete")
+    print(f"report: {path}")
+    if incomplete:
+        print(
+            f"{len(incomplete)} of {len(status)} runs are not complete: {', '.join(incomplete[:8])}"
+            + (" ..." if len(incomplete) > 8 else "")
+        )
+        for key, text in sorted(results.failed.items()):
+            print(f"  {key}: {text.splitlines()[-1][:200]}")
+        return 1
+    return 0
