@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 import traceback
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -181,8 +182,11 @@ def open_study(storage: optuna.storages.BaseStorage, study_name: str, protocol: 
     wanted = asdict(protocol)
     stored = study.user_attrs.get("protocol")
     if stored is None:
-        study.set_user_attr("protocol", wanted)
-        stored = study.user_attrs.get("protocol", wanted)
+        try:
+            study.set_user_attr("protocol", wanted)
+        except Exception:  # two workers creating the study together: the other one's insert won; read it
+            pass
+        stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs.get("protocol", wanted)
     if stored != wanted:
         diff = {key: (stored.get(key), wanted[key]) for key in wanted if stored.get(key) != wanted[key]}
         raise ProtocolMismatchError(
@@ -224,7 +228,9 @@ def _is_stale(trial: FrozenTrial, now: float | None = None) -> bool:
 
 def fail_stale(study: optuna.Study) -> list[int]:
     """Fail the stale RUNNING trials (dead local workers; stopped heartbeats on a database). Their numbers."""
-    optuna.storages.fail_stale_trials(study)  # database storages with heartbeats; a no-op otherwise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # database storages with heartbeats; a no-op otherwise
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _is_stale(trial):
@@ -395,7 +401,7 @@ def run_worker(
     on_done: Callable[[str, bool], None] | None = None,
     max_runs: int | None = None,
 ) -> int:
-    """Claim and run cells until none is waiting (or ``max_runs`` were run). Returns how many completed.
+    """Claim and run cells until none is waiting (or ``max_runs`` were started). Returns how many completed.
 
     A run that raises is told FAIL with the error in ``error`` and the worker goes on with the next cell (it is
     retried by the next command); an interrupt (Ctrl-C) fails the running trial and propagates.
@@ -404,11 +410,12 @@ def run_worker(
     :param on_done: called with the cell key and whether it completed, after each run
     """
     protocol = _protocol(study)
-    completed = 0
-    while max_runs is None or completed < max_runs:
+    completed = attempted = 0
+    while max_runs is None or attempted < max_runs:
         trial = claim_next(study)
         if trial is None:
             break
+        attempted += 1
         recipe = trial.user_attrs["cell"]
         try:
             with _Heartbeat(study, trial):
