@@ -220,7 +220,10 @@ def run(plan: Plan, workers: int, threads: int = 1) -> None:
     keys = [task.key for task in plan.tasks]
     enqueued = ablation.enqueue_missing(plan.study, plan.tasks)
     done = sum(state == "complete" for state in ablation.grid_status(plan.study, keys).values())
-    print(f"{len(keys)} runs in the grid: {done} already complete, {len(enqueued)} to run ({plan.storage_label})")
+    print(
+        f"{len(keys)} runs in the grid: {done} already complete, {len(keys) - done} to run "
+        f"({len(enqueued)} newly queued; storage {plan.storage_label})"
+    )
     bar = _progress(len(keys), done)
     try:
         if workers == 1:
@@ -317,7 +320,8 @@ def _order(variants: list[str], envs: list[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; 0 when every run of the grid is complete, 1 when some are not, 2 for bad arguments."""
+    """Run the command; 0 when every run of the grid is complete or running elsewhere, 1 when some failed or were
+    not run, 2 for bad arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -338,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     status = ablation.grid_status(plan.study, [task.key for task in plan.tasks])
     incomplete = sorted(key for key, state in status.items() if state != "complete")
     print(f"report: {path}")
+    elsewhere = [key for key in incomplete if status[key] == "running"]
+    if elsewhere:
+        print(
+            f"{len(elsewhere)} runs are still running in other workers; when they finish, "
+            "rerun the command (with --report-only to only report)"
+        )
+    incomplete = [key for key in incomplete if status[key] != "running"]
     if incomplete:
         print(
             f"{len(incomplete)} of {len(status)} runs are not complete: {', '.join(incomplete[:8])}"
