@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -34,6 +35,13 @@ def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _pad(ax: Axes, rows: pd.DataFrame) -> None:
+    """Leave room around the intervals, so that a zero-width one (every run equal) stays visible at the edge."""
+    low, high = float(rows["low"].min()), float(rows["high"].max())
+    pad = 0.06 * (high - low) or 0.05 * max(abs(high), 1.0)
+    ax.set_xlim(low - pad, high + pad)
 
 
 def plot_learning_curves(curve_stats: pd.DataFrame, curves: pd.DataFrame, env_id: str, path: str | Path) -> Path:
@@ -86,6 +94,7 @@ def plot_intervals(intervals: pd.DataFrame, env_id: str, path: str | Path) -> Pa
         ax.set_title(_LABELS[metric], fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(4))
+        _pad(ax, rows[rows["metric"] == metric])
         ax.set_yticks(range(len(variants)), variants)
     axes[0].invert_yaxis()  # shared: the first variant on top in every panel
     scale = "normalised score (0 = random, 1 = rl-zoo3 PPO)" if env_id == AGGREGATE else f"{env_id} return"
