@@ -299,7 +299,7 @@ def write_outputs(plan: Plan, args: argparse.Namespace, argv: list[str]) -> tupl
         files={
             "one row per run (final score)": files["runs"],
             "evaluation curves": files["curves"],
-            "training-episode returns": files["episodes"],
+            "training-episode returns (timestep: the end of the eval-freq segment the episode ended in)": files["episodes"],
             "interval estimates": files["statistics"],
             "probabilities of improvement": files["improvement"],
             "learning-curve IQM and CIs": files["curve_statistics"],

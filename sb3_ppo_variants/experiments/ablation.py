@@ -354,7 +354,9 @@ def run_cell(recipe: dict[str, Any], protocol: Protocol) -> dict[str, Any]:
 
     :return: JSON-able results: ``curve_timesteps`` (actual, whole rollouts), ``curve_nominal`` (the asked
         points), ``curve_returns`` (mean deterministic return of ``n_eval_episodes`` on the eval env),
-        ``episode_timesteps`` / ``episode_returns`` (training episodes, from Monitor), ``final_score``
+        ``episode_returns`` (training episodes of the stochastic policy, from Monitor, in the order they ended) and
+        ``episode_timesteps`` (the end of the training segment in which each ended: a resolution of ``eval_freq``),
+        ``final_score``
         (the last evaluation, at the end of the budget) and ``wall_time_s``
     """
     start = time.perf_counter()

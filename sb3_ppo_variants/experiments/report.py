@@ -160,7 +160,9 @@ def _protocol(results: AblationResults, stats: AblationStatistics, context: Repo
         f"- Statistics: rliable {package_versions()['rliable']}: mean, median and IQM (25% trimmed mean) of the final "
         f"scores with 95% stratified bootstrap CIs ({context.bootstrap_reps} replications, percentile method); "
         "P(X > Y) is the Mann-Whitney U statistic / (n_X n_Y) averaged over environments, with a stratified "
-        "independent bootstrap CI. Per environment on raw returns; over environments on min-max normalised scores.",
+        "independent bootstrap CI. Per environment on raw returns; over environments on min-max normalised scores. "
+        "rliable's median is the median over environments of the per-environment mean, so for one environment it "
+        "equals the mean.",
         f"- Storage: `{context.storage}`, study `{context.study_name}` (each run is one trial; rerunning the command "
         "runs only the missing cells).",
         f"- Command: `{context.command}`",
