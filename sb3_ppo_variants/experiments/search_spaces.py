@@ -1,0 +1,180 @@
+"""Search spaces of the tuner, in one place: which hyperparameters each variant tunes, and their ranges.
+
+A space is a tuple of *terms*; a term suggests a few Optuna parameters. :func:`suggest_params` asks
+the trial for the parameters of a variant's terms, and :func:`params_to_kwargs` turns those
+parameters (of a live trial, or of a stored ``FrozenTrial.params``) into constructor arguments -- the
+same arguments whether a trial is being run or its best parameters are written to a YAML file.
+
+=================  =========================================================================
+term               Optuna parameters (constructor argument)
+=================  =========================================================================
+clip               ``clip_range`` (epsilon), uniform in [0.05, 0.4]
+fixed_kl           ``kl_coef`` (beta), log-uniform in [1e-3, 10]
+adaptive_kl        ``kl_target`` (d_targ), log-uniform in [1e-3, 0.1]; ``kl_coef`` (initial beta),
+                   log-uniform in [1e-2, 10]
+entropy            ``ent_coef`` (the coefficient at the start of training), log-uniform in
+                   [1e-5, 0.1]; ``ent_schedule`` in constant / linear / exponential / cosine
+rl_zoo3 (--wide)   rl-zoo3's PPO ranges: ``learning_rate``, ``n_steps``, ``batch_size``, ``gamma``,
+                   ``gae_lambda``, ``n_epochs``, ``max_grad_norm``, ``vf_coef``
+=================  =========================================================================
+
+The entropy schedule starts at ``ent_coef`` and ends at (progress 0, the end of the budget):
+``constant`` ``ent_coef``; ``linear`` 0; ``cosine`` 0; ``exponential`` ``ent_coef / 100`` (a
+geometric schedule cannot reach 0). It is given to the model as its schedule string (for example
+``"lin_0.01_0.0"``), which is also what the best-parameters YAML holds.
+
+``clip_kl`` tunes a fixed beta; to tune an adaptive ``clip_kl``, fix ``kl_target`` in the
+``--hyperparams`` file (``kl_coef`` is then its initial beta). A setting fixed in that file is never
+sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+import optuna
+
+from sb3_ppo_variants.schedules import CosineSchedule, ExponentialSchedule, LinearSchedule
+
+__all__ = [
+    "ENT_SCHEDULES",
+    "EXPONENTIAL_END_RATIO",
+    "SEARCH_SPACES",
+    "WIDE_TERMS",
+    "check_combination",
+    "entropy_coefficient",
+    "params_to_kwargs",
+    "suggest_params",
+]
+
+#: The shapes of the entropy-coefficient schedule the tuner chooses from.
+ENT_SCHEDULES = ("constant", "linear", "exponential", "cosine")
+#: An exponential entropy schedule ends at ``ent_coef / EXPONENTIAL_END_RATIO``.
+EXPONENTIAL_END_RATIO = 100.0
+
+Term = Callable[[optuna.Trial, Collection[str]], dict[str, Any]]
+
+
+def _suggest(fixed: Collection[str], name: str, suggest: Callable[[], Any]) -> dict[str, Any]:
+    """``{name: suggest()}``, or nothing when ``name`` is fixed by the user's hyperparameters."""
+    return {} if name in fixed else {name: suggest()}
+
+
+def clip_term(trial: optuna.Trial, fixed: Collection[str] = ()) -> dict[str, Any]:
+    """Epsilon of the clipped surrogate."""
+    return _suggest(fixed, "clip_range", lambda: trial.suggest_float("clip_range", 0.05, 0.4))
+
+
+def fixed_kl_term(trial: optuna.Trial, fixed: Collection[str] = ()) -> dict[str, Any]:
+    """Beta of a fixed KL penalty."""
+    return _suggest(fixed, "kl_coef", lambda: trial.suggest_float("kl_coef", 1e-3, 10.0, log=True))
+
+
+def adaptive_kl_term(trial: optuna.Trial, fixed: Collection[str] = ()) -> dict[str, Any]:
+    """KL target d_targ of the adaptive rule and the initial beta."""
+    return {
+        **_suggest(fixed, "kl_target", lambda: trial.suggest_float("kl_target", 1e-3, 0.1, log=True)),
+        **_suggest(fixed, "kl_coef", lambda: trial.suggest_float("kl_coef", 1e-2, 10.0, log=True)),
+    }
+
+
+def entropy_term(trial: optuna.Trial, fixed: Collection[str] = ()) -> dict[str, Any]:
+    """The entropy coefficient at the start of training and the shape of its schedule."""
+    if "ent_coef" in fixed:
+        return {}
+    return {
+        "ent_coef": trial.suggest_float("ent_coef", 1e-5, 0.1, log=True),
+        "ent_schedule": trial.suggest_categorical("ent_schedule", ENT_SCHEDULES),
+    }
+
+
+def rl_zoo3_term(trial: optuna.Trial, fixed: Collection[str] = ()) -> dict[str, Any]:
+    """rl-zoo3's PPO ranges (``sample_ppo_params``) for the settings the variant terms leave alone."""
+    choices: dict[str, list[Any]] = {
+        "batch_size": [8, 16, 32, 64, 128, 256, 512],
+        "n_steps": [8, 16, 32, 64, 128, 256, 512, 1024, 2048],
+        "gamma": [0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999],
+        "n_epochs": [1, 5, 10, 20],
+        "gae_lambda": [0.8, 0.9, 0.92, 0.95, 0.98, 0.99, 1.0],
+        "max_grad_norm": [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0],
+    }
+    params = _suggest(fixed, "learning_rate", lambda: trial.suggest_float("learning_rate", 1e-5, 1.0, log=True))
+    for name, values in choices.items():
+        if name not in fixed:
+            params[name] = trial.suggest_categorical(name, values)
+    params.update(_suggest(fixed, "vf_coef", lambda: trial.suggest_float("vf_coef", 0.0, 1.0)))
+    return params
+
+
+#: Variant -> the terms it tunes. One entry per key of ``sb3_ppo_variants.VARIANTS``.
+SEARCH_SPACES: dict[str, tuple[Term, ...]] = {
+    "clip": (clip_term, entropy_term),
+    "kl": (fixed_kl_term, entropy_term),
+    "adaptive_kl": (adaptive_kl_term, entropy_term),
+    "clip_kl": (clip_term, fixed_kl_term, entropy_term),
+}
+#: Terms added by ``--wide``.
+WIDE_TERMS: tuple[Term, ...] = (rl_zoo3_term,)
+
+
+def _terms(variant: str, wide: bool) -> tuple[Term, ...]:
+    if variant not in SEARCH_SPACES:
+        raise ValueError(f"variant must be one of {sorted(SEARCH_SPACES)}, got {variant!r}")
+    return SEARCH_SPACES[variant] + (WIDE_TERMS if wide else ())
+
+
+def suggest_params(trial: optuna.Trial, variant: str, wide: bool = False, fixed: Collection[str] = ()) -> dict[str, Any]:
+    """Ask ``trial`` for the parameters of ``variant``'s search space.
+
+    :param trial: an Optuna trial (``optuna.trial.FixedTrial`` works too)
+    :param variant: a key of ``sb3_ppo_variants.VARIANTS``
+    :param wide: add rl-zoo3's PPO ranges (learning rate, n_steps, batch size, gamma, ...)
+    :param fixed: names fixed by the user's hyperparameters; they are not sampled
+    :return: Optuna parameters; pass them to :func:`params_to_kwargs` for constructor arguments
+    """
+    params: dict[str, Any] = {}
+    for term in _terms(variant, wide):
+        params.update(term(trial, fixed))
+    return params
+
+
+def entropy_coefficient(start: float, shape: str) -> float | str:
+    """The ``ent_coef`` argument for a schedule of ``shape`` starting at ``start`` (see the module docstring).
+
+    :return: a float for ``constant``, else the schedule's string form (e.g. ``"lin_0.01_0.0"``)
+    """
+    if shape == "constant":
+        return float(start)
+    if shape == "linear":
+        return repr(LinearSchedule(start, 0.0))
+    if shape == "exponential":
+        return repr(ExponentialSchedule(start, start / EXPONENTIAL_END_RATIO))
+    if shape == "cosine":
+        return repr(CosineSchedule(start, 0.0))
+    raise ValueError(f"ent_schedule must be one of {ENT_SCHEDULES}, got {shape!r}")
+
+
+def params_to_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Optuna parameters -> constructor arguments (``ent_coef`` + ``ent_schedule`` -> one ``ent_coef``)."""
+    kwargs = {name: value for name, value in params.items() if name != "ent_schedule"}
+    if "ent_schedule" in params:
+        kwargs["ent_coef"] = entropy_coefficient(params["ent_coef"], params["ent_schedule"])
+    return kwargs
+
+
+def check_combination(hyperparams: Mapping[str, Any]) -> str | None:
+    """Why an rl-zoo3 entry (fixed settings plus sampled ones) cannot be trained, or None when it can.
+
+    A minibatch larger than a rollout (``batch_size > n_steps * n_envs``) is refused: SB3 would train
+    on the whole rollout as one minibatch, so such batch sizes would all be the same setting.
+    """
+    n_steps = int(hyperparams.get("n_steps", 2048))
+    n_envs = int(hyperparams.get("n_envs", 1))
+    batch_size = int(hyperparams.get("batch_size", 64))
+    if batch_size > n_steps * n_envs:
+        return (
+            f"batch_size={batch_size} is larger than a rollout, n_steps * n_envs = {n_steps} * {n_envs} = "
+            f"{n_steps * n_envs}; allowed: batch_size <= n_steps * n_envs"
+        )
+    return None
