@@ -1,0 +1,511 @@
+"""The Optuna tuning tool: search spaces, the objective, the study's bookkeeping, the command line.
+
+Learning runs are tiny (CartPole-v1, a few thousand steps, one torch thread); the ones that start
+subprocesses or train several trials are marked ``slow`` and run in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from sb3_ppo_variants import VARIANTS
+from sb3_ppo_variants.experiments import tuning
+from sb3_ppo_variants.experiments.search_spaces import (
+    ENT_SCHEDULES,
+    EXPONENTIAL_END_RATIO,
+    SEARCH_SPACES,
+    check_combination,
+    entropy_coefficient,
+    params_to_kwargs,
+    suggest_params,
+)
+from sb3_ppo_variants.experiments.storage import open_storage
+from sb3_ppo_variants.experiments.tune_cli import main
+from sb3_ppo_variants.experiments.tuning import (
+    Objective,
+    TuningSettings,
+    counts_toward_total,
+    n_counted,
+    open_study,
+    process_identity,
+    recover_dead_trials,
+    run_trials,
+)
+from sb3_ppo_variants.hyperparams import load_hyperparams, make_model
+from sb3_ppo_variants.schedules import as_schedule
+
+REPO = Path(__file__).resolve().parents[1]
+TUNE = str(REPO / "tuning" / "tune.py")
+ENV = "CartPole-v1"
+
+#: What each variant tunes (Optuna parameter names), and the constructor attribute each lands in.
+EXPECTED_PARAMS = {
+    "clip": {"clip_range", "ent_coef", "ent_schedule"},
+    "kl": {"kl_coef", "ent_coef", "ent_schedule"},
+    "adaptive_kl": {"kl_target", "kl_coef", "ent_coef", "ent_schedule"},
+    "clip_kl": {"clip_range", "kl_coef", "ent_coef", "ent_schedule"},
+}
+RL_ZOO3_PARAMS = {"learning_rate", "n_steps", "batch_size", "gamma", "gae_lambda", "n_epochs", "max_grad_norm", "vf_coef"}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Two busy cores: several torch threads per process make PPO ~10x slower here."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _sampled(variant: str, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return suggest_params(study.ask(), variant, **kwargs)
+
+
+# --- search spaces ---------------------------------------------------------------------------------
+
+
+def test_every_variant_has_one_search_space():
+    assert set(SEARCH_SPACES) == set(VARIANTS) == set(EXPECTED_PARAMS)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_sampled_params_build_the_variant_with_those_values(variant):
+    for seed in range(3):
+        params = _sampled(variant, seed)
+        assert set(params) == EXPECTED_PARAMS[variant]
+        kwargs = params_to_kwargs(params)
+        model = make_model(variant, ENV, {"n_steps": 64, "batch_size": 32}, seed=0, **kwargs)
+        try:
+            if "clip_range" in params:
+                assert model.clip_range(1.0) == pytest.approx(params["clip_range"])
+            if "kl_target" in params:
+                assert model.kl_target == pytest.approx(params["kl_target"])
+            if "kl_coef" in params:
+                assert model.kl_controller.value == pytest.approx(params["kl_coef"])
+            assert as_schedule(model.ent_coef)(1.0) == pytest.approx(params["ent_coef"])
+        finally:
+            model.get_env().close()
+
+
+def test_beta_kl_target_and_ent_coef_are_sampled_on_a_log_scale():
+    study = optuna.create_study()
+    for variant in VARIANTS:
+        suggest_params(study.ask(), variant)
+    distributions = {name: d for trial in study.trials for name, d in trial.distributions.items()}
+    assert {name for name, d in distributions.items() if getattr(d, "log", False)} == {"kl_coef", "kl_target", "ent_coef"}
+
+
+@pytest.mark.parametrize("shape", ENT_SCHEDULES)
+def test_entropy_schedule_shape_starts_at_ent_coef_and_ends_as_documented(shape):
+    start = 0.02
+    schedule = as_schedule(entropy_coefficient(start, shape))
+    end = {"constant": start, "linear": 0.0, "cosine": 0.0, "exponential": start / EXPONENTIAL_END_RATIO}[shape]
+    assert schedule(1.0) == pytest.approx(start)
+    assert schedule(0.0) == pytest.approx(end)
+    middle = {"constant": start, "linear": start / 2, "cosine": start / 2, "exponential": start / 10}[shape]
+    assert schedule(0.5) == pytest.approx(middle)
+
+
+def test_unknown_shape_and_variant_are_refused():
+    with pytest.raises(ValueError, match="ent_schedule must be one of"):
+        entropy_coefficient(0.01, "triangle")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        _sampled("ppo2")
+
+
+def test_wide_space_adds_rl_zoo3_ranges_and_fixed_settings_are_not_sampled():
+    wide = _sampled("clip", wide=True)
+    assert set(wide) == EXPECTED_PARAMS["clip"] | RL_ZOO3_PARAMS
+    assert 1e-5 <= wide["learning_rate"] <= 1.0 and wide["n_steps"] in [2**k for k in range(3, 12)]
+    fixed = _sampled("clip", wide=True, fixed={"n_steps", "clip_range", "ent_coef"})
+    assert set(fixed) == (EXPECTED_PARAMS["clip"] | RL_ZOO3_PARAMS) - {"n_steps", "clip_range", "ent_coef", "ent_schedule"}
+
+
+def test_check_combination_refuses_a_minibatch_larger_than_a_rollout():
+    assert check_combination({"n_steps": 64, "n_envs": 2, "batch_size": 128}) is None
+    reason = check_combination({"n_steps": 64, "n_envs": 2, "batch_size": 256})
+    assert reason is not None and "batch_size=256" in reason and "128" in reason
+
+
+# --- bookkeeping: counting, the cap, dead workers (no training) --------------------------------------
+
+
+def _settings(variant: str = "clip", **overrides: Any) -> TuningSettings:
+    values: dict[str, Any] = {
+        "variant": variant,
+        "env_id": ENV,
+        "timesteps": 1024,
+        "seeds": (0, 1),
+        "n_evaluations": 2,
+        "n_eval_episodes": 3,
+        "hyperparams": {"n_envs": 2, "n_steps": 128, "batch_size": 64},
+    }
+    values.update(overrides)
+    return TuningSettings(**values)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("this test must not train")
+
+    monkeypatch.setattr(tuning, "SeededRun", refuse)
+
+
+def _finished(state: TrialState, **user_attrs: Any) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(
+        state=state,
+        value=1.0 if state == TrialState.COMPLETE else None,
+        params={"clip_range": 0.2},
+        distributions={"clip_range": FloatDistribution(0.05, 0.4)},
+        user_attrs=user_attrs,
+    )
+
+
+def test_which_trials_count_toward_the_cap():
+    assert counts_toward_total(_finished(TrialState.COMPLETE))
+    assert counts_toward_total(_finished(TrialState.PRUNED))
+    assert counts_toward_total(_finished(TrialState.FAIL, fail_kind="error"))
+    for kind in ("worker_died", "interrupted", "over_cap"):
+        assert not counts_toward_total(_finished(TrialState.FAIL, fail_kind=kind))
+    assert not counts_toward_total(_finished(TrialState.FAIL))  # failed by Optuna's heartbeat: retried
+
+
+def test_a_trial_beyond_the_cap_is_not_trained(no_training):
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(_finished(TrialState.COMPLETE))
+    study.add_trial(_finished(TrialState.FAIL, fail_kind="error"))
+    study.add_trial(_finished(TrialState.FAIL, fail_kind="worker_died"))  # does not count
+    study.optimize(Objective(_settings(), max_total_trials=2), n_trials=3)
+    extra = study.trials[3:]
+    assert len(extra) == 1, "the worker stops at the cap"
+    assert extra[0].state == TrialState.FAIL and extra[0].user_attrs["fail_kind"] == "over_cap"
+    assert extra[0].params == {} and extra[0].intermediate_values == {}
+    assert n_counted(study) == 2
+
+
+def test_run_trials_does_nothing_on_a_full_study(tmp_path, no_training):
+    storage = open_storage(None, tmp_path)
+    settings = _settings()
+    study = open_study(storage, "full", settings)
+    for _ in range(3):
+        study.add_trial(_finished(TrialState.COMPLETE))
+    assert run_trials(study, storage, settings, n_trials=5, max_total_trials=3, show_progress_bar=False) == 0
+    assert len(study.trials) == 3
+
+
+def test_a_study_is_resumed_only_with_its_own_settings(tmp_path):
+    storage = open_storage(None, tmp_path)
+    open_study(storage, "s", _settings())
+    open_study(storage, "s", _settings())  # same settings: resumes
+    with pytest.raises(tuning.StudyMismatchError, match=r"timesteps: stored 1024, given 2048"):
+        open_study(storage, "s", _settings(timesteps=2048))
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_recover_dead_trials_fails_and_requeues_only_trials_of_dead_local_workers(tmp_path):
+    storage = open_storage(None, tmp_path)
+    study = open_study(storage, "s", _settings())
+    distribution = {"clip_range": FloatDistribution(0.05, 0.4)}
+    workers = {
+        "dead": {**process_identity(), "pid": _dead_pid(), "start": None},
+        "alive": process_identity(),
+        "reused pid": {**process_identity(), "start": -1},  # our pid, but another process's start time
+        "other host": {**process_identity(), "host": socket.gethostname() + "-elsewhere", "pid": _dead_pid()},
+    }
+    numbers = {}
+    for name, worker in workers.items():
+        trial = study.ask(distribution)
+        trial.set_user_attr("worker", worker)
+        numbers[name] = trial.number
+    recovered = recover_dead_trials(study, storage)
+    assert sorted(recovered) == sorted([numbers["dead"], numbers["reused pid"]])
+    trials = study.get_trials()
+    for name in ("dead", "reused pid"):
+        failed = trials[numbers[name]]
+        assert failed.state == TrialState.FAIL and failed.user_attrs["fail_kind"] == "worker_died"
+        retry = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
+        assert len(retry) == 1 and retry[0].state == TrialState.WAITING and retry[0].params == failed.params
+    for name in ("alive", "other host"):
+        assert trials[numbers[name]].state == TrialState.RUNNING
+    assert recover_dead_trials(study, storage) == [], "a second pass finds nothing more"
+
+
+# --- bad input: a clear error before any training ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--variant", "ppo2"], "argument --variant: invalid choice: 'ppo2'"),
+        (["--env", "NoSuchEnv-v0"], "argument --env: 'NoSuchEnv-v0' is not a registered"),
+        (["--seeds", "0"], "argument --seeds: must be an integer >= 1, got 0"),
+        (["--n-trials", "-1"], "argument --n-trials: must be an integer >= 1, got -1"),
+        (["--max-total-trials", "0"], "argument --max-total-trials: must be an integer >= 1"),
+        (["--timesteps", "x"], "argument --timesteps: must be an integer >= 1, got 'x'"),
+        (["--n-evaluations", "0"], "argument --n-evaluations: must be an integer >= 1"),
+        (["--timesteps", "3", "--n-evaluations", "4"], "argument --n-evaluations: 4 evaluations need --timesteps"),
+        (["--pruner", "asha"], "argument --pruner: invalid choice: 'asha'"),
+        (["--sampler", "cmaes"], "argument --sampler: invalid choice: 'cmaes'"),
+        (["--storage", "postgresql://postgres@127.0.0.1:1/nowhere"], "does not connect"),
+        (["--storage", "study.txt"], "must end in .log"),
+        (["--hyperparams", "missing.yml"], "argument --hyperparams: no such file"),
+        (["--hyperparams", "{other_env}"], "no hyperparameters for env 'CartPole-v1'"),
+        (["--hyperparams", "{misspelt}"], "unexpected keyword argument 'n_step'"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_starts(tmp_path, capsys, no_training, extra, message):
+    (tmp_path / "other_env.yml").write_text("Pendulum-v1:\n  n_envs: 2\n")
+    (tmp_path / "misspelt.yml").write_text("CartPole-v1:\n  n_step: 64\n")
+    extra = [str(tmp_path / f"{a[1:-1]}.yml") if a.startswith("{") else a for a in extra]
+    argv = ["--variant", "clip", "--env", ENV, "--out", str(tmp_path / "out"), *extra]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists(), "nothing may be created before the input is valid"
+
+
+# --- trials that train ----------------------------------------------------------------------------
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path):
+    storage = open_storage(None, tmp_path)
+    settings = _settings(timesteps=256, seeds=(0,), n_evaluations=1, hyperparams={"n_steps": 128, "batch_size": 64})
+    study = open_study(storage, "s", settings, sampler_seed=0)
+    study.enqueue_trial({"clip_range": -0.1})  # refused by the constructor
+    study.enqueue_trial({"clip_range": 0.2, "ent_coef": 0.01, "ent_schedule": "linear"})
+    assert run_trials(study, storage, settings, n_trials=2, show_progress_bar=False) == 2
+    failed, completed = study.trials
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_kind"] == "error"
+    assert "clip_range" in failed.user_attrs["fail_reason"] and "-0.1" in failed.user_attrs["fail_reason"]
+    assert completed.state == TrialState.COMPLETE
+    assert completed.value == pytest.approx(np.mean(completed.user_attrs["seed_scores"]))
+    assert n_counted(study) == 2
+
+
+def test_an_invalid_combination_is_pruned_with_its_reason_without_training(tmp_path, no_training):
+    storage = open_storage(None, tmp_path)
+    settings = _settings(wide=True, hyperparams={"n_envs": 1})
+    study = open_study(storage, "s", settings)
+    study.enqueue_trial({"n_steps": 16, "batch_size": 512})
+    run_trials(study, storage, settings, n_trials=1, show_progress_bar=False)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED and "batch_size=512" in trial.user_attrs["prune_reason"]
+
+
+def test_an_interrupted_trial_is_failed_and_its_parameters_are_enqueued_for_the_next_run(tmp_path, monkeypatch):
+    class Interrupted:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def advance(self, until):
+            raise KeyboardInterrupt
+
+        def close(self):
+            closed.append(True)
+
+    closed: list[bool] = []
+    monkeypatch.setattr(tuning, "SeededRun", Interrupted)
+    storage = open_storage(None, tmp_path)
+    settings = _settings()
+    study = open_study(storage, "s", settings, sampler_seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, storage, settings, n_trials=3, show_progress_bar=False)
+    interrupted, retry = study.get_trials()
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_kind"] == "interrupted"
+    assert retry.state == TrialState.WAITING and retry.params == interrupted.params
+    assert len(closed) == len(settings.seeds), "the runs' environments are closed"
+    assert n_counted(study) == 0
+
+
+@pytest.mark.slow
+def test_median_pruner_prunes_a_trial_that_is_clearly_worse(tmp_path):
+    """Two good trials, then one with learning_rate=1.0 (its policy collapses): pruned at its first report."""
+    fixed = {"n_envs": 2, "n_steps": 256, "batch_size": 64, "n_epochs": 10, "gamma": 0.99, "gae_lambda": 0.95}
+    fixed.update({"max_grad_norm": 0.5, "vf_coef": 0.5, "ent_coef": 0.0})
+    settings = _settings(timesteps=2048, seeds=(0, 1), n_evaluations=2, hyperparams=fixed, wide=True)
+    storage = open_storage(None, tmp_path)
+    pruner = tuning.make_pruner("median", settings, n_startup_trials=2, n_warmup_evaluations=0)
+    study = open_study(storage, "s", settings, sampler_seed=0, pruner=pruner)
+    for learning_rate in (3e-3, 2e-3, 1.0):
+        study.enqueue_trial({"clip_range": 0.2, "learning_rate": learning_rate})
+    run_trials(study, storage, settings, n_trials=3, show_progress_bar=False)
+    good, good2, bad = study.trials
+    assert good.state == good2.state == TrialState.COMPLETE
+    assert bad.state == TrialState.PRUNED, (bad.intermediate_values, good.intermediate_values, good2.intermediate_values)
+    first = settings.evaluation_points[0]
+    assert list(bad.intermediate_values) == [first], "pruned at its first report, before training on"
+    assert bad.intermediate_values[first] < min(good.intermediate_values[first], good2.intermediate_values[first])
+    assert "pruned at 1024 timesteps" in bad.user_attrs["prune_reason"]
+    # each report is the mean over the seeds' evaluations at that point
+    for trial in (good, good2, bad):
+        curves = trial.user_attrs["seed_curves"]
+        for index, (_, value) in enumerate(sorted(trial.intermediate_values.items())):
+            assert value == pytest.approx(np.mean([curve[index] for curve in curves]))
+
+
+@pytest.mark.slow
+def test_small_study_writes_every_output_and_the_best_yaml_rebuilds_the_model(tmp_path, capsys):
+    out = tmp_path / "out"
+    (tmp_path / "fixed.yml").write_text(f"{ENV}:\n  n_envs: 2\n  n_steps: 128\n  n_epochs: 5\n  n_timesteps: 1536\n")
+    argv = ["--variant", "clip_kl", "--env", ENV, "--n-trials", "4", "--max-total-trials", "4", "--seeds", "2"]
+    argv += ["--n-evaluations", "2", "--n-eval-episodes", "3", "--sampler-seed", "3", "--out", str(out)]
+    argv += ["--hyperparams", str(tmp_path / "fixed.yml"), "--no-progress-bar"]
+    assert main(argv) == 0
+    for name in ("trials.csv", "best_hyperparams.yml", "summary.md", "history.png", "importances.png"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("history", "intermediate_values", "importances", "slice_clip_range", "slice_kl_coef", "slice_ent_coef"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    study = optuna.load_study(study_name=f"clip_kl-{ENV}", storage=open_storage(None, out))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    for trial in study.trials:
+        assert len(trial.user_attrs["seed_scores"]) == 2
+        assert trial.value == pytest.approx(np.mean(trial.user_attrs["seed_scores"]))
+    import pandas as pd
+
+    table = pd.read_csv(out / "trials.csv")
+    assert sorted(table["number"]) == [0, 1, 2, 3] and set(table["state"]) == {"COMPLETE"}
+    assert {"params_clip_range", "params_kl_coef", "params_ent_coef", "params_ent_schedule"} <= set(table.columns)
+
+    best = study.best_trial
+    summary = (out / "summary.md").read_text()
+    assert f"Best: trial {best.number}" in summary and "4 complete" in summary
+    entry = load_hyperparams(out / "best_hyperparams.yml", ENV)
+    assert entry["clip_range"] == pytest.approx(best.params["clip_range"])
+    assert entry["kl_coef"] == pytest.approx(best.params["kl_coef"])
+    assert (entry["n_timesteps"], entry["n_envs"], entry["n_steps"], entry["n_epochs"]) == (1536, 2, 128, 5)
+    model = make_model("clip_kl", ENV, entry, seed=0)
+    expected_ent = as_schedule(entropy_coefficient(best.params["ent_coef"], best.params["ent_schedule"]))
+    for progress in (1.0, 0.5, 0.0):
+        assert as_schedule(model.ent_coef)(progress) == pytest.approx(expected_ent(progress))
+    model.learn(64)
+    assert model.num_timesteps >= 64
+    model.get_env().close()
+
+    # The same command again resumes the study: the cap is reached, nothing more runs.
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "4 trials of at most 4 so far" in capsys.readouterr().out
+    assert len(optuna.load_study(study_name=f"clip_kl-{ENV}", storage=open_storage(None, out)).trials) == 4
+
+
+# --- several processes ------------------------------------------------------------------------------
+
+
+def _tune_command(out: Path, *extra: str) -> list[str]:
+    """The command line of a small study of 1024 timesteps x 2 seeds per trial (fixed settings in out/../fixed.yml)."""
+    fixed = out.parent / "fixed.yml"
+    fixed.write_text(f"{ENV}:\n  n_steps: 256\n  batch_size: 64\n  n_epochs: 4\n")
+    command = [sys.executable, TUNE, "--variant", "clip", "--env", ENV, "--seeds", "2", "--n-evaluations", "1"]
+    command += ["--timesteps", "1024", "--n-eval-episodes", "3", "--pruner", "none", "--hyperparams", str(fixed)]
+    return [*command, "--no-progress-bar", "--out", str(out), *extra]
+
+
+def _wait_for(condition, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(
+                f"the worker exited with {process.returncode}: {process.stderr.read() if process.stderr else ''}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_killing_a_worker_and_running_the_command_again_resumes_the_study(tmp_path):
+    out = tmp_path / "out"
+    command = _tune_command(out, "--n-trials", "3", "--max-total-trials", "3")
+    name = f"clip-{ENV}"
+
+    def trials() -> list[optuna.trial.FrozenTrial]:
+        if not (out / "study.log").exists():
+            return []
+        try:
+            return optuna.load_study(study_name=name, storage=open_storage(None, out)).get_trials()
+        except KeyError:  # the study is not created yet
+            return []
+
+    def first_done_second_running() -> bool:
+        states = [(t.state, "worker" in t.user_attrs) for t in trials()]
+        return states[:2] == [(TrialState.COMPLETE, True), (TrialState.RUNNING, True)]
+
+    worker = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(first_done_second_running, 240, worker)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    before = trials()
+    assert before[1].state == TrialState.RUNNING, "a killed worker leaves its trial RUNNING in a journal file"
+
+    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    after = trials()
+    kept = after[0]
+    assert (kept.state, kept.value, kept.params) == (before[0].state, before[0].value, before[0].params)
+    killed = after[1]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["fail_kind"] == "worker_died"
+    retries = [t for t in after if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params and retries[0].state == TrialState.COMPLETE
+    assert retries[0].user_attrs["worker"]["pid"] != before[1].user_attrs["worker"]["pid"], "run by the new process"
+    assert n_counted(optuna.load_study(study_name=name, storage=open_storage(None, out))) == 3
+    assert sum(t.state == TrialState.COMPLETE for t in after) == 3
+    assert not [t for t in after if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_workers_on_one_postgres_study_finish_the_requested_trials_once(tmp_path, postgres_url):
+    total = 4
+    commands = [
+        [
+            *_tune_command(tmp_path / f"out{i}", "--n-trials", "10", "--max-total-trials", str(total)),
+            *("--storage", postgres_url, "--study-name", "shared", "--heartbeat-interval", "5"),
+        ]
+        for i in range(2)
+    ]
+    workers = [subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True) for command in commands]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr
+
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    trials = study.get_trials()
+    ran = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(ran) == total == n_counted(study)
+    assert len({t.number for t in trials}) == len(trials)
+    assert len({tuple(sorted(t.params.items())) for t in ran}) == total, "no parameters were run twice"
+    for trial in ran:
+        assert set(trial.params) == EXPECTED_PARAMS["clip"]
+        assert len(trial.user_attrs["seed_scores"]) == 2
+    others = [t for t in trials if t.state != TrialState.COMPLETE]
+    assert all(t.state == TrialState.FAIL and t.user_attrs.get("fail_kind") == "over_cap" for t in others), others
+    assert all(not t.intermediate_values for t in others), "a trial beyond the cap trains nothing"
+    assert len({t.user_attrs["worker"]["pid"] for t in ran}) == 2, "both workers took part"
+    for i in range(2):
+        assert (tmp_path / f"out{i}" / "summary.md").exists()
+        assert os.path.getsize(tmp_path / f"out{i}" / "trials.csv") > 0
