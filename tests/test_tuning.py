@@ -142,6 +142,12 @@ def test_check_combination_refuses_a_minibatch_larger_than_a_rollout():
     assert reason is not None and "batch_size=256" in reason and "128" in reason
 
 
+def test_check_combination_refuses_a_rollout_larger_than_the_budget():
+    assert check_combination({"n_steps": 512, "n_envs": 2}, timesteps=1024) is None
+    reason = check_combination({"n_steps": 512, "n_envs": 4}, timesteps=1024)
+    assert reason is not None and "2048" in reason and "budget of 1024" in reason
+
+
 # --- bookkeeping: counting, the cap, dead workers (no training) --------------------------------------
 
 
@@ -265,6 +271,7 @@ def test_recover_dead_trials_fails_and_requeues_only_trials_of_dead_local_worker
         (["--timesteps", "x"], "argument --timesteps: must be an integer >= 1, got 'x'"),
         (["--n-evaluations", "0"], "argument --n-evaluations: must be an integer >= 1"),
         (["--timesteps", "3", "--n-evaluations", "4"], "argument --n-evaluations: 4 evaluations need --timesteps"),
+        (["--timesteps", "1000"], "is larger than the budget of 1000 timesteps"),
         (["--pruner", "asha"], "argument --pruner: invalid choice: 'asha'"),
         (["--sampler", "cmaes"], "argument --sampler: invalid choice: 'cmaes'"),
         (["--storage", "postgresql://postgres@127.0.0.1:1/nowhere"], "does not connect"),

@@ -163,18 +163,23 @@ def params_to_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def check_combination(hyperparams: Mapping[str, Any]) -> str | None:
+def check_combination(hyperparams: Mapping[str, Any], timesteps: int | None = None) -> str | None:
     """Why an rl-zoo3 entry (fixed settings plus sampled ones) cannot be trained, or None when it can.
 
-    A minibatch larger than a rollout (``batch_size > n_steps * n_envs``) is refused: SB3 would train
-    on the whole rollout as one minibatch, so such batch sizes would all be the same setting.
+    - A minibatch larger than a rollout (``batch_size > n_steps * n_envs``): SB3 would train on the
+      whole rollout as one minibatch, so such batch sizes would all be the same setting.
+    - A rollout larger than the budget (``n_steps * n_envs > timesteps``): training would overshoot
+      the budget, and schedules would be evaluated at a negative remaining progress (a linear
+      ``ent_coef`` would turn negative).
+
+    :param timesteps: the training budget, when known
     """
     n_steps = int(hyperparams.get("n_steps", 2048))
     n_envs = int(hyperparams.get("n_envs", 1))
     batch_size = int(hyperparams.get("batch_size", 64))
+    rollout = f"n_steps * n_envs = {n_steps} * {n_envs} = {n_steps * n_envs}"
     if batch_size > n_steps * n_envs:
-        return (
-            f"batch_size={batch_size} is larger than a rollout, n_steps * n_envs = {n_steps} * {n_envs} = "
-            f"{n_steps * n_envs}; allowed: batch_size <= n_steps * n_envs"
-        )
+        return f"batch_size={batch_size} is larger than a rollout, {rollout}; allowed: batch_size <= n_steps * n_envs"
+    if timesteps is not None and n_steps * n_envs > timesteps:
+        return f"a rollout, {rollout}, is larger than the budget of {timesteps} timesteps; allowed: <= the budget"
     return None

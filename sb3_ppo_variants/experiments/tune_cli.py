@@ -16,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 
 from sb3_ppo_variants import VARIANTS
+from sb3_ppo_variants.experiments.search_spaces import check_combination
 from sb3_ppo_variants.experiments.storage import StorageError, open_storage, storage_label
 from sb3_ppo_variants.experiments.tuning import (
     PRUNERS,
@@ -170,6 +171,10 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         hyperparams=fixed,
         wide=args.wide,
     )
+    sampled = {"n_steps", "batch_size"} - set(fixed) if args.wide else set()
+    reason = None if sampled else check_combination(fixed, timesteps)
+    if reason is not None:  # every trial would be refused: say so now
+        parser.error(f"arguments --hyperparams/--timesteps (with PPO's defaults n_steps=2048, batch_size=64): {reason}")
     _check_builds(parser, settings)
     return settings
 

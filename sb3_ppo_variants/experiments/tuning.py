@@ -335,7 +335,7 @@ class Objective:
             return math.nan  # FAIL, quietly: nothing was trained
         params = suggest_params(trial, self.settings.variant, self.settings.wide, fixed=self.settings.hyperparams)
         hyperparams = {**self.settings.hyperparams, **params_to_kwargs(params)}
-        reason = check_combination(hyperparams)
+        reason = check_combination(hyperparams, self.settings.timesteps)
         if reason is not None:
             trial.set_user_attr("prune_reason", reason)
             raise optuna.TrialPruned(reason)
