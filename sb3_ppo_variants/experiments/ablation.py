@@ -294,7 +294,9 @@ def claim_next(study: optuna.Study) -> optuna.Trial | None:
     while True:
         if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return None
-        trial = study.ask()
+        with warnings.catch_warnings():  # we record the heartbeats ourselves (_Heartbeat), as optimize() would
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            trial = study.ask()
         cell = trial.user_attrs.get("cell")
         if cell is None:
             # The queue emptied between the look and the ask, and Optuna created a fresh trial: not a cell.
