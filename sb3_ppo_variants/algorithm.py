@@ -181,7 +181,19 @@ class VariantPPO(PPO):
         return AdaptiveKLController(initial, self.kl_target)  # type: ignore[arg-type]
 
     def _setup_model(self) -> None:
-        # Called again by load(): everything learned (kl_controller) lives in __dict__ and is not rebuilt here.
+        # Called again by load(), after __dict__ was restored and updated with load()'s keyword arguments:
+        # parse what those may have replaced (schedule strings), and let the controller see new settings,
+        # but keep what was learned (an adapted beta lives in kl_controller.value).
+        self.learning_rate = check_schedule(self.learning_rate, "learning_rate")  # type: ignore[assignment]
+        self.clip_range = check_schedule(self.clip_range, "clip_range", strict=True)  # type: ignore[assignment]
+        if self.clip_range_vf is not None:
+            self.clip_range_vf = check_schedule(self.clip_range_vf, "clip_range_vf", strict=True)  # type: ignore[assignment]
+        self.ent_coef = check_schedule(self.ent_coef, "ent_coef")  # type: ignore[assignment]
+        self.kl_coef = check_schedule(self.kl_coef, "kl_coef")  # type: ignore[arg-type]
+        if isinstance(self.kl_controller, FixedKLController):
+            self.kl_controller.kl_coef = self.kl_coef  # type: ignore[assignment]
+        elif isinstance(self.kl_controller, AdaptiveKLController) and self.kl_target is not None:
+            self.kl_controller.kl_target = float(self.kl_target)
         if self.rollout_buffer_class is None:
             base = DictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else RolloutBuffer
             self.rollout_buffer_class = with_old_distribution(base)
@@ -203,10 +215,13 @@ class VariantPPO(PPO):
         """
         assert isinstance(rollout_buffer, OldDistributionBufferMixin)
 
-        def store(module: th.nn.Module, inputs: Any, outputs: Any) -> None:
-            rollout_buffer.store_old_distribution(distribution_params(module.action_dist))  # type: ignore[arg-type]
+        policy = self.policy
 
-        handle = self.policy.register_forward_hook(store)
+        def store(module: th.nn.Module, inputs: Any, outputs: Any) -> None:
+            if module is policy:  # a deepcopy of the policy (taken by a callback) carries the hook too
+                rollout_buffer.store_old_distribution(distribution_params(module.action_dist))  # type: ignore[arg-type]
+
+        handle = policy.register_forward_hook(store)
         try:
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
         finally:
@@ -222,9 +237,11 @@ class VariantPPO(PPO):
     def _rollout_kl(self) -> float:
         """Mean exact KL(pi_old || pi) over the whole rollout, with the policy as it is now.
 
-        Uses ``_get_samples`` on ordered indices: no random numbers are drawn, so the random streams
-        (and ClipPPO's equality with SB3's PPO) are untouched.
+        Uses ``_get_samples`` on ordered indices and evaluation mode (as at collection time): no random
+        numbers are drawn and no BatchNorm statistics move, so the random streams, the network's state and
+        ClipPPO's equality with SB3's PPO are untouched.
         """
+        self.policy.set_training_mode(False)
         buffer = self.rollout_buffer
         size = buffer.buffer_size * buffer.n_envs
         chunk = max(self.batch_size, 1024)
@@ -234,6 +251,12 @@ class VariantPPO(PPO):
             self.policy.evaluate_actions(data.observations, self._actions(data.actions))
             total += exact_kl(data.old_dist_params, self.policy.action_dist).sum().item()
         return total / size
+
+    def _update_current_progress_remaining(self, num_timesteps: int, total_timesteps: int) -> None:
+        # SB3 collects whole rollouts, so num_timesteps can pass total_timesteps (a rollout larger than the
+        # budget): without the clamp, a "lin_0.01" entropy coefficient would turn negative.
+        super()._update_current_progress_remaining(num_timesteps, total_timesteps)
+        self._current_progress_remaining = min(1.0, max(0.0, self._current_progress_remaining))
 
     def train(self) -> None:
         """Update policy using the currently gathered rollout buffer."""
@@ -360,7 +383,7 @@ class VariantPPO(PPO):
         total_timesteps: int,
         callback: MaybeCallback = None,
         log_interval: int = 1,
-        tb_log_name: str = "PPO",
+        tb_log_name: str | None = None,
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfVariantPPO:
@@ -369,7 +392,7 @@ class VariantPPO(PPO):
                 total_timesteps=total_timesteps,
                 callback=callback,
                 log_interval=log_interval,
-                tb_log_name=tb_log_name,
+                tb_log_name=tb_log_name or type(self).__name__,
                 reset_num_timesteps=reset_num_timesteps,
                 progress_bar=progress_bar,
             )

@@ -24,6 +24,7 @@ from itertools import pairwise
 
 __all__ = [
     "SCHEDULE_GRAMMAR",
+    "ArgumentRangeError",
     "ConstantSchedule",
     "CosineSchedule",
     "ExponentialSchedule",
@@ -42,6 +43,11 @@ SCHEDULE_GRAMMAR = (
     "'cos_START_END', or 'step_V0_V1@P1[_V2@P2...]' (V1 once progress_remaining <= P1, "
     "boundaries strictly decreasing in (0, 1))"
 )
+
+
+class ArgumentRangeError(ValueError, AssertionError):
+    """An argument out of its allowed range. Also an AssertionError, because SB3 asserts on some of the same
+    arguments (``clip_range_vf > 0``) and code written against SB3 may catch that."""
 
 
 def _num(x: float) -> str:
@@ -266,7 +272,7 @@ def check_schedule(
     op = ">" if strict else ">="
     start_ok = start > minimum if strict else start >= minimum
     if not start_ok or not low >= minimum or math.isnan(low):
-        raise ValueError(
+        raise ArgumentRangeError(
             f"{name} must be {op} {minimum} at the start of training and >= {minimum} throughout, "
             f"got {value!r} (start {start}, smallest value {low})"
         )

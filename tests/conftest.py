@@ -7,6 +7,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import torch as th
+
+# Small MLPs on a 2-core machine: one torch thread per test process (pytest -n 2 runs two) is several times
+# faster than torch's default, which oversubscribes the cores.
+th.set_num_threads(1)
 
 POSTGRES_SERVER = os.environ.get("SB3PV_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 

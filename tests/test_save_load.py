@@ -611,16 +611,6 @@ LOAD_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "sb3_ppo_variants/algorithm.py VariantPPO._setup_model does not rebuild or update kl_controller, which "
-        "keeps its own copy of kl_coef (FixedKLController) / kl_target (AdaptiveKLController): Class.load(path, "
-        "kl_coef=...) or load(..., custom_objects={'kl_coef': ...}) changes model.kl_coef but training goes on "
-        "with the saved beta"
-    ),
-)
 @pytest.mark.parametrize("variant", list(LOAD_OVERRIDES))
 def test_load_overrides_kl_settings(tmp_path, variant):
     """Ours: as with SB3 (SAC.load(path, train_freq=...), PPO.load(path, clip_range=...)), an argument given to
@@ -642,15 +632,6 @@ def test_load_overrides_kl_settings(tmp_path, variant):
         assert loaded.kl_controller.value == 4 * beta_before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "sb3_ppo_variants/algorithm.py: schedule strings are parsed by check_schedule in VariantPPO.__init__ only; "
-        "Class.load(path, ent_coef='lin_0.01') stores the raw string and train() fails in schedule_value "
-        "(float('lin_0.01')); clip_range/learning_rate strings fail in SB3's FloatSchedule the same way"
-    ),
-)
 def test_load_with_schedule_string(tmp_path, model_class):
     """Ours: the constructors take schedule strings; load() arguments should too."""
     model = model_class("MlpPolicy", "CartPole-v1", n_steps=N_STEPS, batch_size=N_STEPS, n_epochs=1, seed=0)

@@ -83,19 +83,6 @@ def _one_torch_thread():
     th.set_num_threads(previous)
 
 
-# Every variant goes through VariantPPO.__init__, which validates clip_range_vf with a ValueError where SB3's
-# PPO._setup_model asserts (AssertionError). Documented as a bug: see test_ppo.
-CLIP_RANGE_VF_ERROR = pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "sb3_ppo_variants/algorithm.py VariantPPO.__init__ (check_schedule(clip_range_vf, strict=True)) raises "
-        "ValueError for clip_range_vf <= 0; SB3's PPO raises AssertionError (ppo.py _setup_model), which SB3's "
-        "test_ppo expects"
-    ),
-)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # test_run.py
 # --------------------------------------------------------------------------------------------------------------
@@ -108,7 +95,7 @@ def test_advantage_normalization(model_class, normalize_advantage):
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-@pytest.mark.parametrize("clip_range_vf", [None, 0.2, pytest.param(-0.2, marks=CLIP_RANGE_VF_ERROR)])
+@pytest.mark.parametrize("clip_range_vf", [None, 0.2, -0.2])
 def test_ppo(model_class, env_id, clip_range_vf):
     if clip_range_vf is not None and clip_range_vf < 0:
         # Should throw an error
@@ -734,18 +721,6 @@ def test_predict_with_dropout_batch_norm(model_class, env_id):
         assert th.isclose(param_before, param_after).all()
 
 
-ROLLOUT_KL_TRAIN_MODE = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "sb3_ppo_variants/algorithm.py VariantPPO._rollout_kl runs policy.evaluate_actions over the whole rollout "
-        "after the epochs while the policy is still in training mode: BatchNorm running stats get one extra update "
-        "per rollout chunk and Dropout draws from torch's RNG (also making train/kl and the adaptive beta noisy)"
-    ),
-)
-
-
-@ROLLOUT_KL_TRAIN_MODE
 def test_batch_norm_updated_only_by_gradient_steps(model_class):
     """Ours: in SB3's PPO, BatchNorm statistics move once per minibatch forward pass of the update, and only then
     (collection runs in eval mode). The variants must not add forward passes in training mode."""
@@ -843,7 +818,6 @@ def _policy_state(model) -> dict[str, th.Tensor]:
         pytest.param(
             "CartPole-v1",
             dict(net_arch=[16], features_extractor_class=FlattenBatchNormDropoutExtractor),
-            marks=ROLLOUT_KL_TRAIN_MODE,
             id="CartPole-v1-batchnorm-dropout",
         ),
     ],

@@ -6,7 +6,7 @@ and must give back the stored ``log_prob`` of the stored action; the ``train/kl`
 be finite, positive and equal to KL(pi_old || pi_new) recomputed here with ``torch.distributions`` alone.
 EvalCallback calls ``predict`` in the middle of collection, between the hook and ``rollout_buffer.add``: a test
 checks that this leaves the stored distributions intact, and that the same check does catch a ``predict`` that
-goes through ``policy.forward``. Another one (xfail: a known bug) checks that a copy of the policy taken by a
+goes through ``policy.forward``. Another one checks that a copy of the policy taken by a
 callback during collection cannot write into the buffer.
 """
 
@@ -527,15 +527,6 @@ class CopyPolicyDuringCollection(BaseCallback):
         return True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "sb3_ppo_variants/algorithm.py VariantPPO.collect_rollouts: the forward hook is registered on self.policy "
-        "and nn.Module deepcopies its _forward_hooks, so a copy of the policy made during collection carries the "
-        "closure `store`, and calling that copy writes into the live rollout buffer (module is not checked)"
-    ),
-)
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_policy_copied_during_collection_does_not_write_to_buffer(variant):
     settings = VARIANT_SETTINGS[variant]
