@@ -20,6 +20,15 @@ def _require_postgres() -> bool:
     return os.environ.get("SB3PV_REQUIRE_POSTGRES", "") not in ("", "0")
 
 
+@pytest.fixture(params=["clip", "kl", "adaptive_kl", "clip_kl"])
+def model_class(request: pytest.FixtureRequest) -> type:
+    """Stands for SB3's ``PPO`` in the ported SB3 tests: one run per variant (ids: clip, kl, adaptive_kl, clip_kl)."""
+    from sb3_ppo_variants import VARIANTS
+
+    assert list(VARIANTS) == ["clip", "kl", "adaptive_kl", "clip_kl"], "update the params above"
+    return VARIANTS[request.param]
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty database on the PostgreSQL server; dropped afterwards. Its URL is yielded."""

@@ -9,19 +9,7 @@ Only the class changes, and ``n_steps`` where a comment says so. Not ported: the
 The second part is ours: a save/load round trip of every variant keeps the parameters, the predictions and the
 KL controller (an adapted beta included), and the loaded model keeps learning and adapting.
 
-Stable-Baselines3 is Copyright (c) 2019 Antonin Raffin and distributed under the MIT License:
-
-    Permission is hereby granted, free of charge, to any person obtaining a copy of this software and
-    associated documentation files (the "Software"), to deal in the Software without restriction,
-    including without limitation the rights to use, copy, modify, merge, publish, distribute, sublicense,
-    and/or sell copies of the Software, and to permit persons to whom the Software is furnished to do so,
-    subject to the following conditions: The above copyright notice and this permission notice shall be
-    included in all copies or substantial portions of the Software. THE SOFTWARE IS PROVIDED "AS IS",
-    WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF
-    MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR
-    COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT,
-    TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS
-    IN THE SOFTWARE.
+Stable-Baselines3 is Copyright (c) 2019 Antonin Raffin, MIT License: see tests/LICENSE-stable-baselines3.txt.
 """
 
 from __future__ import annotations
@@ -47,22 +35,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_ppo_variants import VARIANTS, AdaptiveKLController, FixedKLController
 from sb3_ppo_variants.schedules import LinearSchedule
-
-
-@pytest.fixture(params=list(VARIANTS))
-def model_class(request):
-    """Stands for SB3's ``PPO`` (or on-policy ``A2C``) in every ported test: one run per variant."""
-    return VARIANTS[request.param]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These models are tiny: one intra-op thread per pytest-xdist worker avoids oversubscribing shared cores."""
-    previous = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(previous)
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Ported from SB3's tests/test_save_load.py

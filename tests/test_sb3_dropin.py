@@ -11,19 +11,7 @@ test_train_eval_mode.py, test_custom_policy.py, test_deterministic.py, test_gae.
 Callbacks, logger, tensorboard, buffers and VecNormalize ports are in ``test_sb3_dropin_logging.py``;
 save/load ports in ``test_save_load.py``.
 
-Stable-Baselines3 is Copyright (c) 2019 Antonin Raffin and distributed under the MIT License:
-
-    Permission is hereby granted, free of charge, to any person obtaining a copy of this software and
-    associated documentation files (the "Software"), to deal in the Software without restriction,
-    including without limitation the rights to use, copy, modify, merge, publish, distribute, sublicense,
-    and/or sell copies of the Software, and to permit persons to whom the Software is furnished to do so,
-    subject to the following conditions: The above copyright notice and this permission notice shall be
-    included in all copies or substantial portions of the Software. THE SOFTWARE IS PROVIDED "AS IS",
-    WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF
-    MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR
-    COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT,
-    TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS
-    IN THE SOFTWARE.
+Stable-Baselines3 is Copyright (c) 2019 Antonin Raffin, MIT License: see tests/LICENSE-stable-baselines3.txt.
 """
 
 from __future__ import annotations
@@ -65,23 +53,7 @@ from stable_baselines3.common.vec_env import (
     is_vecenv_wrapped,
 )
 
-from sb3_ppo_variants import VARIANTS, ClipPPO
-
-
-@pytest.fixture(params=list(VARIANTS))
-def model_class(request):
-    """Stands for SB3's ``PPO`` in every ported test: one run per variant (ids: clip, kl, adaptive_kl, clip_kl)."""
-    return VARIANTS[request.param]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These models are tiny: one intra-op thread per pytest-xdist worker avoids oversubscribing shared cores."""
-    previous = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(previous)
-
+from sb3_ppo_variants import ClipPPO
 
 # --------------------------------------------------------------------------------------------------------------
 # test_run.py

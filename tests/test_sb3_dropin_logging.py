@@ -9,19 +9,7 @@ parametrised over the four variant classes through the ``model_class`` fixture. 
 what changed is the class under test and, where a comment says so, ``n_steps``/timesteps (SB3 runs PPO with
 its default ``n_steps=2048`` in some of these; the four-fold parametrisation needs a smaller budget).
 
-Stable-Baselines3 is Copyright (c) 2019 Antonin Raffin and distributed under the MIT License:
-
-    Permission is hereby granted, free of charge, to any person obtaining a copy of this software and
-    associated documentation files (the "Software"), to deal in the Software without restriction,
-    including without limitation the rights to use, copy, modify, merge, publish, distribute, sublicense,
-    and/or sell copies of the Software, and to permit persons to whom the Software is furnished to do so,
-    subject to the following conditions: The above copyright notice and this permission notice shall be
-    included in all copies or substantial portions of the Software. THE SOFTWARE IS PROVIDED "AS IS",
-    WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF
-    MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR
-    COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT,
-    TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS
-    IN THE SOFTWARE.
+Stable-Baselines3 is Copyright (c) 2019 Antonin Raffin, MIT License: see tests/LICENSE-stable-baselines3.txt.
 """
 
 from __future__ import annotations
@@ -54,28 +42,11 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from sb3_ppo_variants import VARIANTS
 from sb3_ppo_variants.buffers import (
     OldDistributionBufferMixin,
     OldDistributionDictRolloutBuffer,
     OldDistributionRolloutBuffer,
 )
-
-
-@pytest.fixture(params=list(VARIANTS))
-def model_class(request):
-    """Stands for SB3's ``PPO`` (or on-policy ``A2C``) in every ported test: one run per variant."""
-    return VARIANTS[request.param]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These models are tiny: one intra-op thread per pytest-xdist worker avoids oversubscribing shared cores."""
-    previous = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(previous)
-
 
 # Name of the tensorboard run folders: VariantPPO.learn keeps SB3's PPO default ``tb_log_name="PPO"``.
 TB_LOG_NAME = "PPO"

@@ -57,15 +57,6 @@ OBSERVATION_CASES: dict[str, tuple[str, spaces.Space]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These models are tiny: one intra-op thread per pytest-xdist worker avoids oversubscribing shared cores."""
-    previous = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(previous)
-
-
 class SpacesEnv(gym.Env):
     """Random observations from any space, any action space, N(0, 1) rewards, episodes of ``ep_length`` steps."""
 
