@@ -48,10 +48,6 @@ from sb3_ppo_variants.buffers import (
     OldDistributionRolloutBuffer,
 )
 
-# Name of the tensorboard run folders: VariantPPO.learn keeps SB3's PPO default ``tb_log_name="PPO"``.
-TB_LOG_NAME = "PPO"
-
-
 # --------------------------------------------------------------------------------------------------------------
 # test_callbacks.py
 # --------------------------------------------------------------------------------------------------------------
@@ -201,7 +197,7 @@ def test_eval_callback_logs_are_written_with_the_correct_timestep(tmp_path, mode
     eval_callback = EvalCallback(eval_env, eval_freq=eval_freq, warn=False)
     model.learn(500, callback=eval_callback)
 
-    acc = EventAccumulator(str(tmp_path / f"{TB_LOG_NAME}_1"))
+    acc = EventAccumulator(str(tmp_path / f"{model_class.__name__}_1"))
     acc.Reload()
     events = acc.scalars.Items("eval/mean_reward")
     assert len(events) > 0  # ours: the loop below must not be vacuous
@@ -520,7 +516,7 @@ def test_tensorboard(tmp_path, model_class):
     # Skip if no tensorboard installed
     pytest.importorskip("tensorboard")
 
-    logname = TB_LOG_NAME
+    logname = model_class.__name__  # SB3 names a run after its algorithm; ours after the variant
     env_id = "CartPole-v1"
     kwargs = {"n_steps": 64}
     model = model_class("MlpPolicy", env_id, verbose=1, tensorboard_log=tmp_path, **kwargs)
