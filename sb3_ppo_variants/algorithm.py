@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch as th
@@ -28,7 +28,7 @@ __all__ = ["KL_PENALTIES", "SURROGATES", "NonFiniteLossError", "VariantPPO"]
 
 SelfVariantPPO = TypeVar("SelfVariantPPO", bound="VariantPPO")
 
-SURROGATES = ("clipped", "unclipped")
+SURROGATES = ("clipped", "unclipped", "dual_clip")
 KL_PENALTIES = ("none", "fixed", "adaptive")
 
 
@@ -67,7 +67,9 @@ class VariantPPO(PPO):
     ``AdaptiveKLPPO``, ``ClipKLPPO``) fix ``surrogate`` and ``kl_penalty``.
 
     :param surrogate: ``"clipped"``: min(r A, clip(r, 1 - clip_range, 1 + clip_range) A);
-        ``"unclipped"``: r A (``clip_range`` then only feeds the ``train/clip_fraction`` diagnostic)
+        ``"unclipped"``: r A (``clip_range`` then only feeds the ``train/clip_fraction`` diagnostic);
+        ``"dual_clip"``: the clipped term, bounded below by ``dual_clip * A`` where A < 0 (Ye et al. 2020)
+    :param dual_clip: c > 1 of the ``"dual_clip"`` surrogate (3.0 in the paper); ignored by the others
     :param kl_penalty: ``"none"``, ``"fixed"`` (beta = ``kl_coef``, possibly scheduled) or
         ``"adaptive"`` (beta starts at ``kl_coef`` and is halved or doubled after each update to keep
         the mean KL near ``kl_target``). The current beta is ``model.kl_controller.value``.
@@ -78,9 +80,6 @@ class VariantPPO(PPO):
         distribution's parameters stored at collection time) or Schulman's sampled ``"k1"``, ``"k2"``,
         ``"k3"``. ``train/kl`` and the adaptive rule always use the exact KL.
     """
-
-    # SB3's PPO arguments followed by ours, in the order of the signature below (used by tests and tools).
-    variant_arguments: ClassVar[tuple[str, ...]] = ("surrogate", "kl_penalty", "kl_coef", "kl_target", "kl_estimator")
 
     kl_controller: KLController | None
 
@@ -117,11 +116,15 @@ class VariantPPO(PPO):
         kl_coef: ScheduleLike = 1.0,
         kl_target: float | None = None,
         kl_estimator: str = "exact",
+        dual_clip: float = 3.0,
     ):
         # Validate our arguments before SB3 builds environments, so bad input fails fast and clearly.
         self.surrogate = _choice("surrogate", surrogate, SURROGATES)
         self.kl_penalty = _choice("kl_penalty", kl_penalty, KL_PENALTIES)
         self.kl_estimator = _choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
+        if isinstance(dual_clip, bool) or not isinstance(dual_clip, (int, float)) or not dual_clip > 1:
+            raise ValueError(f"dual_clip must be a float > 1, got {dual_clip!r}")
+        self.dual_clip = float(dual_clip)
         learning_rate = check_schedule(learning_rate, "learning_rate", strict=False)  # type: ignore[assignment]
         clip_range = check_schedule(clip_range, "clip_range", strict=True)  # type: ignore[assignment]
         clip_range_vf = check_schedule(clip_range_vf, "clip_range_vf", strict=True, allow_none=True)  # type: ignore[arg-type]
@@ -269,7 +272,7 @@ class VariantPPO(PPO):
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)  # type: ignore[operator]
         ent_coef = schedule_value(self.ent_coef, progress)
         kl_coef = 0.0 if self.kl_controller is None else self.kl_controller.begin_update(progress)
-        clipped = self.surrogate == "clipped"
+        clipped = self.surrogate != "unclipped"
         penalised = self.kl_controller is not None
 
         entropy_losses, pg_losses, value_losses, clip_fractions, kl_penalties = [], [], [], [], []
@@ -291,8 +294,10 @@ class VariantPPO(PPO):
 
                 # ratio between old and new policy, should be one at the first iteration
                 ratio = th.exp(log_prob - rollout_data.old_log_prob)
-                if clipped:
+                if self.surrogate == "clipped":
                     policy_loss = losses.clipped_surrogate_loss(ratio, advantages, clip_range)
+                elif self.surrogate == "dual_clip":
+                    policy_loss = losses.dual_clip_surrogate_loss(ratio, advantages, clip_range, self.dual_clip)
                 else:
                     policy_loss = losses.unclipped_surrogate_loss(ratio, advantages)
                 pg_losses.append(policy_loss.item())

@@ -12,7 +12,14 @@ from __future__ import annotations
 import torch as th
 from torch.nn import functional as F
 
-__all__ = ["clip_fraction", "clipped_surrogate_loss", "entropy_loss", "unclipped_surrogate_loss", "value_loss"]
+__all__ = [
+    "clip_fraction",
+    "clipped_surrogate_loss",
+    "dual_clip_surrogate_loss",
+    "entropy_loss",
+    "unclipped_surrogate_loss",
+    "value_loss",
+]
 
 
 def clipped_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor, clip_range: float) -> th.Tensor:
@@ -26,6 +33,20 @@ def clipped_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor, clip_range: 
     policy_loss_1 = advantages * ratio
     policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
     return -th.min(policy_loss_1, policy_loss_2).mean()
+
+
+def dual_clip_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor, clip_range: float, dual_clip: float) -> th.Tensor:
+    """Dual-clip PPO (Ye et al. 2020, https://arxiv.org/abs/1912.09729): the clipped objective, further bounded
+    below by c * A where A < 0, so that a huge ratio on a negative advantage cannot dominate the update.
+
+    -E[ max(min(r A, clip(r, 1 - eps, 1 + eps) A), c A) if A < 0 else min(r A, clip(r, 1 - eps, 1 + eps) A) ]
+
+    :param dual_clip: c > 1
+    :return: scalar
+    """
+    clipped = th.min(advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
+    bounded = th.where(advantages < 0, th.max(clipped, dual_clip * advantages), clipped)
+    return -bounded.mean()
 
 
 def unclipped_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor) -> th.Tensor:

@@ -92,7 +92,7 @@ def test_every_variant_logs_sb3_keys_and_ours(name: str) -> None:
     }  # fmt: skip
     assert sb3_keys <= keys
     assert {"train/kl", "train/kl_coef", "train/ent_coef"} <= keys
-    assert ("train/clip_range" in keys) == (model.surrogate == "clipped")
+    assert ("train/clip_range" in keys) == (model.surrogate != "unclipped")
     assert all(k >= 0 and math.isfinite(k) for k in logger.history["train/kl"])
     assert logger.history["train/ent_coef"] == [0.01, 0.01]
     assert logger.history["train/kl_coef"][0] == (0.0 if model.kl_controller is None else 1.0 if name != "clip_kl" else 0.2)
@@ -157,6 +157,7 @@ BAD_ARGUMENTS = [
     ({"kl_target": "0.01"}, TypeError, "kl_target must be a float"),
     ({"kl_estimator": "k4"}, ValueError, r"kl_estimator must be one of \('exact', 'k1', 'k2', 'k3'\), got 'k4'"),
     ({"surrogate": "dual"}, ValueError, "surrogate must be one of"),
+    ({"surrogate": "dual_clip", "dual_clip": 1.0}, ValueError, "dual_clip must be a float > 1"),
     ({"kl_penalty": "adaptive"}, ValueError, "kl_target must be given"),
     ({"kl_penalty": "adaptive", "kl_target": 0.01, "kl_coef": 0.0}, ValueError, "initial beta"),
     ({"target_kl": -1.0}, ValueError, "target_kl"),
@@ -175,6 +176,15 @@ def test_named_variants_validate_their_kl_arguments(name: str) -> None:
         VARIANTS[name]("MlpPolicy", "CartPole-v1", kl_coef=-0.1)
     with pytest.raises(ValueError, match="kl_estimator"):
         VARIANTS[name]("MlpPolicy", "CartPole-v1", kl_estimator="nope")
+
+
+def test_dual_clip_surrogate_trains_and_differs_from_clipping_only_through_the_bound() -> None:
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=4, learning_rate=3e-3, seed=5)
+    clipped = _params(ClipPPO("MlpPolicy", "CartPole-v1", **kwargs).learn(256))
+    loose = _params(VariantPPO("MlpPolicy", "CartPole-v1", surrogate="dual_clip", dual_clip=1e9, **kwargs).learn(256))
+    tight = _params(VariantPPO("MlpPolicy", "CartPole-v1", surrogate="dual_clip", dual_clip=1.01, **kwargs).learn(256))
+    assert th.equal(loose, clipped)  # a bound never reached changes nothing
+    assert not th.allclose(tight, clipped)  # a bound just above 1 binds
 
 
 def test_clip_ppo_fixes_its_terms() -> None:

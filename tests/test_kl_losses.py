@@ -145,6 +145,18 @@ def test_clipped_surrogate_hand_computed() -> None:
     assert sampled_kl(th.zeros(5), "k3").abs().max().item() == 0.0
 
 
+def test_dual_clip_surrogate_hand_computed() -> None:
+    ratio = th.tensor([4.0, 0.5, 1.5])
+    advantages = th.tensor([-1.0, -1.0, 1.0])
+    # r=4, A=-1: max(min(-4, -1.2), 3 * -1) = -3; r=0.5, A=-1: max(-0.8, -3) = -0.8; r=1.5, A=1: min(1.5, 1.2) = 1.2
+    assert losses.dual_clip_surrogate_loss(ratio, advantages, 0.2, 3.0).item() == pytest.approx(-(-3 - 0.8 + 1.2) / 3)
+    assert losses.clipped_surrogate_loss(ratio, advantages, 0.2).item() == pytest.approx(-(-4 - 0.8 + 1.2) / 3)
+    # where the ratio stays below c on negative advantages, dual clip is plain clipping
+    assert losses.dual_clip_surrogate_loss(ratio, advantages, 0.2, 5.0).item() == pytest.approx(
+        losses.clipped_surrogate_loss(ratio, advantages, 0.2).item()
+    )
+
+
 def test_clipped_surrogate_gradient_vanishes_outside_the_trust_region() -> None:
     ratio = th.tensor([1.5, 0.5], requires_grad=True)
     losses.clipped_surrogate_loss(ratio, th.tensor([1.0, -1.0]), 0.2).backward()
