@@ -12,8 +12,10 @@ trial to RUNNING for exactly one worker (atomically, in every storage). Around t
   running it. Of two duplicates, only the lower-numbered one can ever run: its claimer sees no lower trial,
   and the other's claimer sees it (WAITING or RUNNING) -- so each cell completes at most once.
 - **Resuming**: a cell whose trial FAILED (an error, an interrupt) or whose RUNNING trial is stale is enqueued
-  again; COMPLETE cells are never rerun. A RUNNING trial is stale when its worker (``owner``: host, pid and the
-  trial's number) is this host and that pid is gone; on a database storage also when its heartbeat stopped
+  again; COMPLETE cells are never rerun. A RUNNING trial is stale when its worker (``owner``: the
+  :func:`~sb3_ppo_variants.experiments.workers.process_identity` of the process and the trial's number) is on
+  this host and surely gone (:func:`~sb3_ppo_variants.experiments.workers.worker_is_dead`: no such pid, a
+  zombie, a reused pid or an earlier boot); on a database storage also when its heartbeat stopped
   (Optuna fails it and enqueues a retry). A RUNNING trial of another host in a journal or SQLite file cannot
   be judged: it is left alone until that host reruns the command.
 
@@ -24,8 +26,6 @@ different protocol on the same study is refused rather than mixing incomparable 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import threading
 import time
 import traceback
@@ -44,6 +44,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from sb3_ppo_variants.algorithm import VariantPPO
 from sb3_ppo_variants.experiments.factorial import VariantSpec, filter_hyperparams
 from sb3_ppo_variants.experiments.runs import SeededRun
+from sb3_ppo_variants.experiments.workers import process_identity, worker_is_dead
 from sb3_ppo_variants.hyperparams import load_hyperparams
 
 __all__ = [
@@ -201,20 +202,6 @@ def _protocol(study: optuna.Study) -> Protocol:
     return Protocol(**study.user_attrs["protocol"])
 
 
-def _owner() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
-
-
 def _is_stale(trial: FrozenTrial, now: float | None = None) -> bool:
     """A RUNNING trial whose worker is known to be gone (see the module docstring)."""
     if trial.state != TrialState.RUNNING:
@@ -223,7 +210,7 @@ def _is_stale(trial: FrozenTrial, now: float | None = None) -> bool:
     if not isinstance(owner, dict) or owner.get("trial") != trial.number:  # not yet claimed, or a copied retry
         started = trial.datetime_start.timestamp() if trial.datetime_start else None
         return started is not None and (now or time.time()) - started > OWNERLESS_GRACE_SECONDS
-    return owner.get("host") == socket.gethostname() and owner.get("pid") != os.getpid() and not _pid_alive(int(owner["pid"]))
+    return worker_is_dead(owner)
 
 
 def fail_stale(study: optuna.Study) -> list[int]:
@@ -308,7 +295,7 @@ def claim_next(study: optuna.Study) -> optuna.Trial | None:
             trial.set_user_attr("duplicate_of", duplicate)
             study.tell(trial, state=TrialState.FAIL)
             continue
-        trial.set_user_attr("owner", {**_owner(), "trial": trial.number})
+        trial.set_user_attr("owner", {**process_identity(), "trial": trial.number})
         return trial
 
 

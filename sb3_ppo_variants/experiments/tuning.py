@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -44,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sb3_ppo_variants.experiments.runs import EVAL_SEED_OFFSET, SeededRun, evaluation_points
 from sb3_ppo_variants.experiments.search_spaces import check_combination, params_to_kwargs, suggest_params
+from sb3_ppo_variants.experiments.workers import process_identity, worker_is_dead
 
 __all__ = [
     "MAX_RETRY",
@@ -213,52 +212,6 @@ class StopAtTotalTrials:
 # --- workers that died mid-trial (file storages) -------------------------------------------------
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as file:
-            return file.read().strip()
-    except OSError:
-        return None
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of ``/proc/<pid>/stat`` after the command name (state first), or None off Linux."""
-    text = _read(f"/proc/{pid}/stat")
-    return text.rsplit(")", 1)[1].split() if text else None
-
-
-def process_identity(pid: int | None = None) -> dict[str, Any]:
-    """Host, boot id, pid and start time (clock ticks since boot) of a process: enough to tell it is gone."""
-    pid = os.getpid() if pid is None else pid
-    stat = _proc_stat(pid)
-    return {
-        "host": socket.gethostname(),
-        "boot": _read("/proc/sys/kernel/random/boot_id"),
-        "pid": pid,
-        "start": int(stat[19]) if stat else None,
-    }
-
-
-def _worker_is_dead(worker: Mapping[str, Any]) -> bool:
-    """True when the process that ran a trial surely no longer runs; False when alive or unknown."""
-    me = process_identity()
-    if os.name != "posix" or worker.get("host") != me["host"]:
-        return False  # another machine (or no way to tell): leave it alone
-    if worker.get("boot") and me["boot"] and worker["boot"] != me["boot"]:
-        return True  # this machine rebooted since
-    pid = int(worker.get("pid", -1))
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False
-    stat = _proc_stat(pid)
-    if stat is None:
-        return False
-    return stat[0] == "Z" or (worker.get("start") is not None and int(stat[19]) != worker["start"])
-
-
 def recover_dead_trials(study: optuna.Study, storage: BaseStorage) -> list[int]:
     """Fail the RUNNING trials whose worker on this host died, and enqueue their parameters again.
 
@@ -272,7 +225,7 @@ def recover_dead_trials(study: optuna.Study, storage: BaseStorage) -> list[int]:
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
-        if not isinstance(worker, dict) or not _worker_is_dead(worker):
+        if not isinstance(worker, dict) or not worker_is_dead(worker):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
