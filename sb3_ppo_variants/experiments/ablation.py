@@ -278,12 +278,16 @@ def _duplicate_of(study: optuna.Study, trial: optuna.Trial, key: str) -> int | N
 
 def claim_next(study: optuna.Study) -> optuna.Trial | None:
     """Pop the next WAITING cell for this worker, or None when none is left (see the module docstring)."""
+    identity = process_identity()
     while True:
         if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return None
         with warnings.catch_warnings():  # we record the heartbeats ourselves (_Heartbeat), as optimize() would
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
             trial = study.ask()
+        # Owner first, before any read of the storage: a worker killed after ask() and before this write leaves
+        # an ownerless RUNNING trial, which is only judged stale after OWNERLESS_GRACE_SECONDS.
+        trial.set_user_attr("owner", {**identity, "trial": trial.number})
         cell = trial.user_attrs.get("cell")
         if cell is None:
             # The queue emptied between the look and the ask, and Optuna created a fresh trial: not a cell.
@@ -295,7 +299,6 @@ def claim_next(study: optuna.Study) -> optuna.Trial | None:
             trial.set_user_attr("duplicate_of", duplicate)
             study.tell(trial, state=TrialState.FAIL)
             continue
-        trial.set_user_attr("owner", {**process_identity(), "trial": trial.number})
         return trial
 
 
