@@ -457,8 +457,13 @@ def test_killing_a_worker_and_running_the_command_again_resumes_the_study(tmp_pa
             return []
 
     def first_done_second_running() -> bool:
-        states = [(t.state, "worker" in t.user_attrs) for t in trials()]
-        return states[:2] == [(TrialState.COMPLETE, True), (TrialState.RUNNING, True)]
+        # ... and the second one has sampled all its parameters (they are suggested one by one): killed earlier,
+        # its retry would keep the sampled ones and sample the rest anew.
+        now = trials()
+        states = [(t.state, "worker" in t.user_attrs) for t in now]
+        return states[:2] == [(TrialState.COMPLETE, True), (TrialState.RUNNING, True)] and set(now[1].params) == set(
+            now[0].params
+        )
 
     worker = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
