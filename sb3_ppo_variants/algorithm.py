@@ -47,6 +47,21 @@ def _distribution_validation_off() -> Iterator[None]:
         th.distributions.Distribution.set_default_validate_args(previous)
 
 
+#: The arguments that take a schedule, with their allowed ranges (keyword arguments of ``check_schedule``).
+_COEFFICIENTS: dict[str, dict[str, bool]] = {
+    "learning_rate": {},
+    "clip_range": {"strict": True},
+    "clip_range_vf": {"strict": True, "allow_none": True},
+    "ent_coef": {},
+    "kl_coef": {},
+}
+
+
+def _checked_coefficients(values: dict[str, Any]) -> dict[str, Any]:
+    """Each schedule-like argument validated, with schedule strings parsed (see ``check_schedule``)."""
+    return {name: check_schedule(values[name], name, **rules) for name, rules in _COEFFICIENTS.items()}
+
+
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -125,11 +140,16 @@ class VariantPPO(PPO):
         if isinstance(dual_clip, bool) or not isinstance(dual_clip, (int, float)) or not dual_clip > 1:
             raise ValueError(f"dual_clip must be a float > 1, got {dual_clip!r}")
         self.dual_clip = float(dual_clip)
-        learning_rate = check_schedule(learning_rate, "learning_rate", strict=False)  # type: ignore[assignment]
-        clip_range = check_schedule(clip_range, "clip_range", strict=True)  # type: ignore[assignment]
-        clip_range_vf = check_schedule(clip_range_vf, "clip_range_vf", strict=True, allow_none=True)  # type: ignore[arg-type]
-        ent_coef = check_schedule(ent_coef, "ent_coef")  # type: ignore[assignment]
-        self.kl_coef = check_schedule(kl_coef, "kl_coef")
+        coefficients = _checked_coefficients(
+            {
+                "learning_rate": learning_rate,
+                "clip_range": clip_range,
+                "clip_range_vf": clip_range_vf,
+                "ent_coef": ent_coef,
+                "kl_coef": kl_coef,
+            }
+        )
+        self.kl_coef = coefficients["kl_coef"]
         if kl_target is not None:
             if isinstance(kl_target, bool) or not isinstance(kl_target, (int, float)):
                 raise TypeError(f"kl_target must be a float > 0 or None, got {type(kl_target).__name__}: {kl_target!r}")
@@ -145,16 +165,16 @@ class VariantPPO(PPO):
         super().__init__(
             policy,
             env,
-            learning_rate=learning_rate,  # type: ignore[arg-type]
+            learning_rate=coefficients["learning_rate"],
             n_steps=n_steps,
             batch_size=batch_size,
             n_epochs=n_epochs,
             gamma=gamma,
             gae_lambda=gae_lambda,
-            clip_range=clip_range,  # type: ignore[arg-type]
-            clip_range_vf=clip_range_vf,  # type: ignore[arg-type]
+            clip_range=coefficients["clip_range"],
+            clip_range_vf=coefficients["clip_range_vf"],
             normalize_advantage=normalize_advantage,
-            ent_coef=ent_coef,  # type: ignore[arg-type]
+            ent_coef=coefficients["ent_coef"],
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
             use_sde=use_sde,
@@ -187,12 +207,7 @@ class VariantPPO(PPO):
         # Called again by load(), after __dict__ was restored and updated with load()'s keyword arguments:
         # parse what those may have replaced (schedule strings), and let the controller see new settings,
         # but keep what was learned (an adapted beta lives in kl_controller.value).
-        self.learning_rate = check_schedule(self.learning_rate, "learning_rate")  # type: ignore[assignment]
-        self.clip_range = check_schedule(self.clip_range, "clip_range", strict=True)  # type: ignore[assignment]
-        if self.clip_range_vf is not None:
-            self.clip_range_vf = check_schedule(self.clip_range_vf, "clip_range_vf", strict=True)  # type: ignore[assignment]
-        self.ent_coef = check_schedule(self.ent_coef, "ent_coef")  # type: ignore[assignment]
-        self.kl_coef = check_schedule(self.kl_coef, "kl_coef")  # type: ignore[arg-type]
+        self.__dict__.update(_checked_coefficients({name: getattr(self, name) for name in _COEFFICIENTS}))
         if isinstance(self.kl_controller, FixedKLController):
             self.kl_controller.kl_coef = self.kl_coef  # type: ignore[assignment]
         elif isinstance(self.kl_controller, AdaptiveKLController) and self.kl_target is not None:
