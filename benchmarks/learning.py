@@ -36,7 +36,7 @@ def _budget(text: str) -> tuple[str, int]:
     return env_id, int(steps)
 
 
-def table(out: Path, envs: list[str], budgets: dict[str, int]) -> str:
+def table(out: Path, envs: list[str], budgets: dict[str, int], algorithms: list[str]) -> str:
     references = pd.read_csv(str(files("sb3_ppo_variants") / "data" / "reference_scores.csv")).set_index("env_id")
     lines = [
         "| env | budget (rl-zoo3's) | algorithm | seeds | final return mean +- std over seeds "
@@ -46,7 +46,7 @@ def table(out: Path, envs: list[str], budgets: dict[str, int]) -> str:
     for env_id in envs:
         runs = pd.read_csv(out / env_id / "runs.csv")
         ref = references.loc[env_id]
-        for algorithm in ALGORITHMS if not runs.empty else []:
+        for algorithm in algorithms if not runs.empty else []:
             scores = runs[runs.variant == algorithm]["final_score"]
             if scores.empty:
                 continue
@@ -68,16 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke test: CartPole-v1, sb3_ppo and clip, 1 seed, 2048 steps")
     args = parser.parse_args(argv)
     budgets = dict(BUDGETS) | dict(args.budget)
-    global ALGORITHMS
+    algorithms = ["sb3_ppo", "clip"] if args.quick else ALGORITHMS
     if args.quick:
         args.envs, args.seeds, budgets["CartPole-v1"] = ["CartPole-v1"], 1, 2048
-        ALGORITHMS = ["sb3_ppo", "clip"]
     out = Path(args.out)
     started = time.time()
     for env_id in args.envs:
         steps = budgets[env_id]
         code = ablate_cli.main(
-            ["--envs", env_id, "--variants", *ALGORITHMS, "--seeds", str(args.seeds), "--timesteps", str(steps),
+            ["--envs", env_id, "--variants", *algorithms, "--seeds", str(args.seeds), "--timesteps", str(steps),
              "--eval-freq", str(max(steps // 10, 1)), "--workers", str(args.workers), "--out", str(out / env_id)]
         )  # fmt: skip
         if code != 0:
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Learning benchmark, {datetime.now(timezone.utc):%Y-%m-%d} UTC, {platform.platform()}, "
         f"{args.seeds} seed(s), {time.time() - started:.0f} s wall time. Reports: {out}/<env>/report.md\n"
     )
-    print(table(out, args.envs, budgets))
+    print(table(out, args.envs, budgets, algorithms))
     return 0
 
 
