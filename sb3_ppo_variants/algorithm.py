@@ -32,8 +32,12 @@ SURROGATES = ("clipped", "unclipped", "dual_clip")
 KL_PENALTIES = ("none", "fixed", "adaptive")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A term of the loss became NaN or infinite; training stops instead of producing a garbage model."""
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """A term of the loss became NaN or infinite; training stops instead of producing a garbage model.
+
+    Also a ``ValueError``, so that tools which treat a ``ValueError`` as a failed setting (rl-zoo3's
+    objective prunes a trial on ``AssertionError``/``ValueError``) go on with the next trial.
+    """
 
 
 @contextmanager
@@ -60,6 +64,17 @@ _COEFFICIENTS: dict[str, dict[str, bool]] = {
 def _checked_coefficients(values: dict[str, Any]) -> dict[str, Any]:
     """Each schedule-like argument validated, with schedule strings parsed (see ``check_schedule``)."""
     return {name: check_schedule(values[name], name, **rules) for name, rules in _COEFFICIENTS.items()}
+
+
+def _parsed_load_coefficients(values: dict[str, Any]) -> dict[str, Any]:
+    """The schedule-like attributes as ``load()`` left them: strings (load keyword arguments) parsed and
+    validated; floats and callables kept as given, unchecked, as SB3's PPO does -- ``custom_objects`` such as
+    ``{"clip_range": lambda _: 0.0}`` (SB3's documented way to load a model for inference, used by rl-zoo3's
+    ``enjoy``) must load."""
+    return {
+        name: check_schedule(values[name], name, **rules) if isinstance(values[name], str) else values[name]
+        for name, rules in _COEFFICIENTS.items()
+    }
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -204,10 +219,11 @@ class VariantPPO(PPO):
         return AdaptiveKLController(initial, self.kl_target)  # type: ignore[arg-type]
 
     def _setup_model(self) -> None:
-        # Called again by load(), after __dict__ was restored and updated with load()'s keyword arguments:
-        # parse what those may have replaced (schedule strings), and let the controller see new settings,
-        # but keep what was learned (an adapted beta lives in kl_controller.value).
-        self.__dict__.update(_checked_coefficients({name: getattr(self, name) for name in _COEFFICIENTS}))
+        # Called again by load(), after __dict__ was restored and updated with load()'s keyword arguments and
+        # custom_objects: parse what those may have replaced (schedule strings), and let the controller see new
+        # settings, but keep what was learned (an adapted beta lives in kl_controller.value). The constructor
+        # validated its arguments already; values replaced at load time are the user's, as in SB3.
+        self.__dict__.update(_parsed_load_coefficients({name: getattr(self, name) for name in _COEFFICIENTS}))
         if isinstance(self.kl_controller, FixedKLController):
             self.kl_controller.kl_coef = self.kl_coef  # type: ignore[assignment]
         elif isinstance(self.kl_controller, AdaptiveKLController) and self.kl_target is not None:

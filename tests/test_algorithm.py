@@ -203,3 +203,9 @@ def test_non_finite_loss_stops_learning_and_names_the_term() -> None:
         match=r"non-finite loss term\(s\) at update \d+ .*(policy_gradient_loss|value_loss|entropy_loss|kl_penalty)=",
     ):
         model.learn(64 * 50)
+
+
+def test_non_finite_loss_error_is_a_value_error() -> None:
+    # rl-zoo3's objective prunes a trial on ValueError/AssertionError only; the name and the FloatingPointError stay.
+    assert issubclass(NonFiniteLossError, ValueError)
+    assert issubclass(NonFiniteLossError, FloatingPointError)

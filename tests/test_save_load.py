@@ -611,3 +611,23 @@ def test_load_with_schedule_string(tmp_path, model_class):
     loaded = model_class.load(tmp_path / "model", env=model.get_env(), ent_coef="lin_0.01")
     loaded.learn(N_STEPS)
     assert loaded.ent_coef == LinearSchedule(0.01)
+
+
+# rl-zoo3's enjoy.py (2.9.2) and SB3's docs load a model for inference with these overrides.
+ZOO_INFERENCE_OBJECTS = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.0}
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_load_with_inference_custom_objects(tmp_path, model_class, env_id):
+    """Ours: as stable_baselines3.PPO does, a model loads with a clip_range of 0 given for inference (the
+    constructor would refuse it), and predicts what the saved model predicts."""
+    model = model_class("MlpPolicy", env_id, n_steps=N_STEPS, batch_size=N_STEPS, n_epochs=1, seed=0).learn(N_STEPS)
+    model.save(tmp_path / "model")
+    with pytest.raises(ValueError, match="clip_range"):
+        model_class("MlpPolicy", env_id, clip_range=0.0)
+    loaded = model_class.load(tmp_path / "model", custom_objects=ZOO_INFERENCE_OBJECTS)
+    assert loaded.clip_range(1.0) == 0.0
+    observations = np.stack([model.observation_space.sample() for _ in range(8)])
+    expected, _ = model.predict(observations, deterministic=True)
+    actions, _ = loaded.predict(observations, deterministic=True)
+    np.testing.assert_array_equal(actions, expected)
