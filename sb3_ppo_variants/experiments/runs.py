@@ -21,19 +21,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET, evaluation_points
 from sb3_ppo_variants.hyperparams import make_env, make_model, split_hyperparams
 
 __all__ = ["EVAL_SEED_OFFSET", "SeededRun", "evaluation_points"]
-
-#: Evaluation environments are seeded with ``training seed + EVAL_SEED_OFFSET``: never a training seed.
-EVAL_SEED_OFFSET = 1_000_003
-
-
-def evaluation_points(total_timesteps: int, n_evaluations: int) -> list[int]:
-    """``n_evaluations`` evenly spaced timesteps ending at ``total_timesteps``."""
-    if n_evaluations < 1:
-        raise ValueError(f"n_evaluations must be >= 1, got {n_evaluations}")
-    return [round(total_timesteps * (i + 1) / n_evaluations) for i in range(n_evaluations)]
 
 
 def _get_rng() -> tuple[Any, Any, Any]:
