@@ -24,15 +24,6 @@ from optuna.trial import TrialState
 
 from sb3_ppo_variants import VARIANTS
 from sb3_ppo_variants.experiments import tuning
-from sb3_ppo_variants.experiments.search_spaces import (
-    ENT_SCHEDULES,
-    EXPONENTIAL_END_RATIO,
-    SEARCH_SPACES,
-    check_combination,
-    entropy_coefficient,
-    params_to_kwargs,
-    suggest_params,
-)
 from sb3_ppo_variants.experiments.storage import open_storage
 from sb3_ppo_variants.experiments.tune_cli import main
 from sb3_ppo_variants.experiments.tuning import (
@@ -47,6 +38,15 @@ from sb3_ppo_variants.experiments.tuning import (
 )
 from sb3_ppo_variants.hyperparams import load_hyperparams, make_model
 from sb3_ppo_variants.schedules import as_schedule
+from sb3_ppo_variants.studies.search_spaces import (
+    ENT_SCHEDULES,
+    EXPONENTIAL_END_RATIO,
+    SEARCH_SPACES,
+    check_combination,
+    entropy_coefficient,
+    params_to_kwargs,
+    suggest_params,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE = str(REPO / "tuning" / "tune.py")

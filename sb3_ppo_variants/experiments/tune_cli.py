@@ -16,7 +16,6 @@ from typing import Any
 import gymnasium as gym
 
 from sb3_ppo_variants import VARIANTS
-from sb3_ppo_variants.experiments.search_spaces import check_combination
 from sb3_ppo_variants.experiments.storage import StorageError, open_storage, storage_label
 from sb3_ppo_variants.experiments.tuning import (
     PRUNERS,
@@ -29,6 +28,7 @@ from sb3_ppo_variants.experiments.tuning import (
     run_trials,
     write_outputs,
 )
+from sb3_ppo_variants.studies.search_spaces import check_combination
 
 __all__ = ["build_parser", "main"]
 

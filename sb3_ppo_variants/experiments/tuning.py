@@ -41,8 +41,8 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from sb3_ppo_variants.experiments.runs import EVAL_SEED_OFFSET, SeededRun, evaluation_points
-from sb3_ppo_variants.experiments.search_spaces import check_combination, params_to_kwargs, suggest_params
 from sb3_ppo_variants.experiments.workers import process_identity, worker_is_dead
+from sb3_ppo_variants.studies.search_spaces import check_combination, params_to_kwargs, suggest_params
 
 __all__ = [
     "MAX_RETRY",

@@ -1,0 +1,1 @@
+"""Studies: tuning and ablation on one runner, on Optuna's public API."""
