@@ -22,11 +22,11 @@ from sb3_contrib import TRPO
 from stable_baselines3 import PPO
 
 from sb3_ppo_variants import VARIANTS, VariantPPO
-from sb3_ppo_variants.experiments import ablation
-from sb3_ppo_variants.experiments.ablate_cli import main
-from sb3_ppo_variants.experiments.factorial import factorial_names, filter_hyperparams, parse_variant
-from sb3_ppo_variants.experiments.storage import open_storage
 from sb3_ppo_variants.hyperparams import make_model
+from sb3_ppo_variants.studies import ablation
+from sb3_ppo_variants.studies.arms import factorial_names, filter_hyperparams, parse_variant
+from sb3_ppo_variants.studies.cli.ablate import main
+from sb3_ppo_variants.studies.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"n_envs": 1, "n_steps": 32, "batch_size": 32, "n_epochs": 2, "policy_kwargs": "dict(net_arch=[16])"}

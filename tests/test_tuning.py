@@ -23,21 +23,10 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from sb3_ppo_variants import VARIANTS
-from sb3_ppo_variants.experiments import tuning
-from sb3_ppo_variants.experiments.storage import open_storage
-from sb3_ppo_variants.experiments.tune_cli import main
-from sb3_ppo_variants.experiments.tuning import (
-    Objective,
-    TuningSettings,
-    counts_toward_total,
-    n_counted,
-    open_study,
-    process_identity,
-    recover_dead_trials,
-    run_trials,
-)
 from sb3_ppo_variants.hyperparams import load_hyperparams, make_model
 from sb3_ppo_variants.schedules import as_schedule
+from sb3_ppo_variants.studies import tuning
+from sb3_ppo_variants.studies.cli.tune import main
 from sb3_ppo_variants.studies.search_spaces import (
     ENT_SCHEDULES,
     EXPONENTIAL_END_RATIO,
@@ -46,6 +35,17 @@ from sb3_ppo_variants.studies.search_spaces import (
     entropy_coefficient,
     params_to_kwargs,
     suggest_params,
+)
+from sb3_ppo_variants.studies.storage import open_storage
+from sb3_ppo_variants.studies.tuning import (
+    Objective,
+    TuningSettings,
+    counts_toward_total,
+    n_counted,
+    open_study,
+    process_identity,
+    recover_dead_trials,
+    run_trials,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ Example (about 5 minutes on 2 cores)::
 
 Every run is one trial of an Optuna study in ``--storage`` (default: the journal file ``OUT/study.log``), so an
 interrupted command resumes where it stopped, and the same command on several machines with
-``--storage postgresql://...`` shares the grid, each run done once. See :mod:`sb3_ppo_variants.experiments.ablation`.
+``--storage postgresql://...`` shares the grid, each run done once. See :mod:`sb3_ppo_variants.studies.ablation`.
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ import optuna
 import torch as th
 import yaml
 
-from sb3_ppo_variants.experiments import ablation, plots, report, statistics
-from sb3_ppo_variants.experiments.factorial import (
+from sb3_ppo_variants.hyperparams import make_model
+from sb3_ppo_variants.studies import ablation, plots, report, statistics
+from sb3_ppo_variants.studies.arms import (
     DEFAULT_ENT_COEF,
     DEFAULT_ENT_SCHEDULE,
     VariantSpec,
     factorial_names,
     parse_variant,
 )
-from sb3_ppo_variants.experiments.reference import ReferenceScore, load_reference_scores
-from sb3_ppo_variants.experiments.storage import StorageError, open_storage, storage_label
-from sb3_ppo_variants.hyperparams import make_model
+from sb3_ppo_variants.studies.reference import ReferenceScore, load_reference_scores
+from sb3_ppo_variants.studies.storage import StorageError, open_storage, storage_label
 
 __all__ = ["build_parser", "main"]
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME",
         help="named variants (clip kl adaptive_kl clip_kl), baselines (sb3_ppo trpo) or factorial cells such as "
-        "clip+adaptive_kl+ent_sched (grammar: sb3_ppo_variants.experiments.factorial)",
+        "clip+adaptive_kl+ent_sched (grammar: sb3_ppo_variants.studies.arms)",
     )
     parser.add_argument(
         "--factorial",

@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sb3_ppo_variants.experiments.ablation import AblationResults
-from sb3_ppo_variants.experiments.factorial import VariantSpec
-from sb3_ppo_variants.experiments.reference import ReferenceScore
-from sb3_ppo_variants.experiments.statistics import AGGREGATE, METRICS, AblationStatistics
+from sb3_ppo_variants.studies.ablation import AblationResults
+from sb3_ppo_variants.studies.arms import VariantSpec
+from sb3_ppo_variants.studies.reference import ReferenceScore
+from sb3_ppo_variants.studies.statistics import AGGREGATE, METRICS, AblationStatistics
 
 __all__ = ["PACKAGES", "ReportContext", "package_versions", "write_report"]
 

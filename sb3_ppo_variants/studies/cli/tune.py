@@ -1,7 +1,7 @@
 """``python tuning/tune.py`` / ``sb3pv-tune``: tune a variant's epsilon, beta and entropy coefficient with Optuna.
 
 Thin: parse and validate the arguments (all of them, before any training), then call
-:mod:`sb3_ppo_variants.experiments.tuning`. Running the same command again resumes the study; with
+:mod:`sb3_ppo_variants.studies.tuning`. Running the same command again resumes the study; with
 ``--max-total-trials`` it finishes it, whichever machines share the storage.
 """
 
@@ -16,8 +16,9 @@ from typing import Any
 import gymnasium as gym
 
 from sb3_ppo_variants import VARIANTS
-from sb3_ppo_variants.experiments.storage import StorageError, open_storage, storage_label
-from sb3_ppo_variants.experiments.tuning import (
+from sb3_ppo_variants.studies.search_spaces import check_combination
+from sb3_ppo_variants.studies.storage import StorageError, open_storage, storage_label
+from sb3_ppo_variants.studies.tuning import (
     PRUNERS,
     SAMPLERS,
     StudyMismatchError,
@@ -28,7 +29,6 @@ from sb3_ppo_variants.experiments.tuning import (
     run_trials,
     write_outputs,
 )
-from sb3_ppo_variants.studies.search_spaces import check_combination
 
 __all__ = ["build_parser", "main"]
 

@@ -1,7 +1,7 @@
 """Optuna tuning of a variant on an environment: the objective, the study, and what a study leaves behind.
 
 A trial trains ``K`` seeded runs of the sampled hyperparameters in lockstep
-(:class:`~sb3_ppo_variants.experiments.runs.SeededRun`); at each of ``E`` evaluation points every run is
+(:class:`~sb3_ppo_variants.studies.runs.SeededRun`); at each of ``E`` evaluation points every run is
 evaluated (deterministic episodes on a separate evaluation env, seeded apart from training) and the
 mean over seeds is reported to the pruner. The trial's value is the mean over seeds of the last
 evaluation; per-seed values are kept in its user attributes (``seed_scores``, ``seed_curves``).
@@ -40,8 +40,8 @@ from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from sb3_ppo_variants.experiments.runs import EVAL_SEED_OFFSET, SeededRun, evaluation_points
-from sb3_ppo_variants.experiments.workers import process_identity, worker_is_dead
+from sb3_ppo_variants.studies.liveness import process_identity, worker_is_dead
+from sb3_ppo_variants.studies.runs import EVAL_SEED_OFFSET, SeededRun, evaluation_points
 from sb3_ppo_variants.studies.search_spaces import check_combination, params_to_kwargs, suggest_params
 
 __all__ = [

@@ -13,8 +13,8 @@ trial to RUNNING for exactly one worker (atomically, in every storage). Around t
   and the other's claimer sees it (WAITING or RUNNING) -- so each cell completes at most once.
 - **Resuming**: a cell whose trial FAILED (an error, an interrupt) or whose RUNNING trial is stale is enqueued
   again; COMPLETE cells are never rerun. A RUNNING trial is stale when its worker (``owner``: the
-  :func:`~sb3_ppo_variants.experiments.workers.process_identity` of the process and the trial's number) is on
-  this host and surely gone (:func:`~sb3_ppo_variants.experiments.workers.worker_is_dead`: no such pid, a
+  :func:`~sb3_ppo_variants.studies.liveness.process_identity` of the process and the trial's number) is on
+  this host and surely gone (:func:`~sb3_ppo_variants.studies.liveness.worker_is_dead`: no such pid, a
   zombie, a reused pid or an earlier boot); on a database storage also when its heartbeat stopped
   (Optuna fails it and enqueues a retry). A RUNNING trial of another host in a journal or SQLite file cannot
   be judged: it is left alone until that host reruns the command.
@@ -42,10 +42,10 @@ from optuna.trial import FrozenTrial, TrialState
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_ppo_variants.algorithm import VariantPPO
-from sb3_ppo_variants.experiments.factorial import VariantSpec, filter_hyperparams
-from sb3_ppo_variants.experiments.runs import SeededRun
-from sb3_ppo_variants.experiments.workers import process_identity, worker_is_dead
 from sb3_ppo_variants.hyperparams import load_hyperparams
+from sb3_ppo_variants.studies.arms import VariantSpec, filter_hyperparams
+from sb3_ppo_variants.studies.liveness import process_identity, worker_is_dead
+from sb3_ppo_variants.studies.runs import SeededRun
 
 __all__ = [
     "DEFAULT_STUDY_NAME",
