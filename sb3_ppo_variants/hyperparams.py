@@ -36,6 +36,7 @@ __all__ = [
     "load_hyperparams",
     "make_env",
     "make_model",
+    "parse_policy_kwargs",
     "resolve_algorithm",
     "split_hyperparams",
 ]
@@ -74,7 +75,9 @@ def load_hyperparams(source: str | Path | dict[str, Any], env_id: str, variant: 
     return entry
 
 
-def _eval_policy_kwargs(value: Any) -> dict[str, Any]:
+def parse_policy_kwargs(value: Any) -> dict[str, Any]:
+    """``policy_kwargs`` as a dict: rl-zoo3 writes it as a Python expression, e.g.
+    ``"dict(net_arch=dict(pi=[64], vf=[64]), activation_fn=nn.ReLU)"`` (``nn`` is ``torch.nn``)."""
     if isinstance(value, dict):
         return value
     if isinstance(value, str):
@@ -101,7 +104,7 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], dict
         elif key in _IGNORED:
             continue
         elif key == "policy_kwargs":
-            model_kwargs[key] = _eval_policy_kwargs(value)
+            model_kwargs[key] = parse_policy_kwargs(value)
         else:
             model_kwargs[key] = value
     if "n_timesteps" in settings:
@@ -147,7 +150,7 @@ def make_env(
     if normalize:
         kwargs = dict(settings.get("normalize_kwargs") or {})
         if isinstance(normalize, str):  # rl-zoo3 also accepts "dict(norm_obs=True, norm_reward=False)"
-            kwargs.update(_eval_policy_kwargs(normalize))
+            kwargs.update(parse_policy_kwargs(normalize))
         env = VecNormalize(env, **kwargs)
     return env
 
@@ -169,6 +172,8 @@ def make_model(
     """
     algorithm = resolve_algorithm(variant)
     model_kwargs, settings = split_hyperparams(hyperparams or {})
+    if "policy_kwargs" in overrides:
+        overrides = {**overrides, "policy_kwargs": parse_policy_kwargs(overrides["policy_kwargs"])}
     model_kwargs.update(overrides)
     if not issubclass(algorithm, VariantPPO):
         # SB3's own algorithms take schedules as callables, not strings (rl-zoo3 converts them the same way).

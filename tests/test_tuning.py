@@ -59,7 +59,11 @@ EXPECTED_PARAMS = {
     "adaptive_kl": {"kl_target", "kl_coef", "ent_coef", "ent_schedule"},
     "clip_kl": {"clip_range", "kl_coef", "ent_coef", "ent_schedule"},
 }
-RL_ZOO3_PARAMS = {"learning_rate", "n_steps", "batch_size", "gamma", "gae_lambda", "n_epochs", "max_grad_norm", "vf_coef"}
+#: rl-zoo3's PPO sampler's parameter names (rl_zoo3 2.9.2 sample_ppo_params, less its ent_coef and clip_range).
+RL_ZOO3_PARAMS = {
+    "batch_size_pow", "n_steps_pow", "one_minus_gamma", "one_minus_gae_lambda", "learning_rate", "n_epochs",
+    "max_grad_norm", "net_arch", "activation_fn",
+}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -131,9 +135,23 @@ def test_unknown_shape_and_variant_are_refused():
 def test_wide_space_adds_rl_zoo3_ranges_and_fixed_settings_are_not_sampled():
     wide = _sampled("clip", wide=True)
     assert set(wide) == EXPECTED_PARAMS["clip"] | RL_ZOO3_PARAMS
-    assert 1e-5 <= wide["learning_rate"] <= 1.0 and wide["n_steps"] in [2**k for k in range(3, 12)]
-    fixed = _sampled("clip", wide=True, fixed={"n_steps", "clip_range", "ent_coef"})
-    assert set(fixed) == (EXPECTED_PARAMS["clip"] | RL_ZOO3_PARAMS) - {"n_steps", "clip_range", "ent_coef", "ent_schedule"}
+    assert 1e-5 <= wide["learning_rate"] <= 2e-3 and 5 <= wide["n_steps_pow"] <= 12
+    fixed = _sampled("clip", wide=True, fixed={"n_steps", "clip_range", "ent_coef", "gamma", "policy_kwargs"})
+    expected = {"n_steps_pow", "clip_range", "ent_coef", "ent_schedule", "one_minus_gamma", "net_arch", "activation_fn"}
+    assert set(fixed) == (EXPECTED_PARAMS["clip"] | RL_ZOO3_PARAMS) - expected
+
+
+def test_rl_zoo3_parameters_become_constructor_arguments_make_model_builds():
+    params = {"batch_size_pow": 5, "n_steps_pow": 6, "one_minus_gamma": 0.01, "one_minus_gae_lambda": 0.05,
+              "learning_rate": 1e-3, "net_arch": "tiny", "activation_fn": "relu", "ent_coef": 0.01,
+              "ent_schedule": "linear"}  # fmt: skip
+    kwargs = params_to_kwargs(params)
+    assert kwargs == {"batch_size": 32, "n_steps": 64, "gamma": pytest.approx(0.99), "gae_lambda": pytest.approx(0.95),
+                      "learning_rate": 1e-3, "ent_coef": "lin_0.01_0.0", "policy_kwargs":
+                      "dict(net_arch=dict(pi=[64], vf=[64]), activation_fn=nn.ReLU)"}  # fmt: skip
+    model = make_model("clip", ENV, kwargs, seed=0)
+    assert (model.batch_size, model.n_steps, model.policy.activation_fn) == (32, 64, torch.nn.ReLU)
+    assert model.policy.net_arch == {"pi": [64], "vf": [64]} and model.gamma == pytest.approx(0.99)
 
 
 def test_check_combination_refuses_a_minibatch_larger_than_a_rollout():
@@ -315,7 +333,7 @@ def test_an_invalid_combination_is_pruned_with_its_reason_without_training(tmp_p
     storage = open_storage(None, tmp_path)
     settings = _settings(wide=True, hyperparams={"n_envs": 1})
     study = open_study(storage, "s", settings)
-    study.enqueue_trial({"n_steps": 16, "batch_size": 512})
+    study.enqueue_trial({"n_steps_pow": 5, "batch_size_pow": 9})
     run_trials(study, storage, settings, n_trials=1, show_progress_bar=False)
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED and "batch_size=512" in trial.user_attrs["prune_reason"]
@@ -350,7 +368,7 @@ def test_an_interrupted_trial_is_failed_and_its_parameters_are_enqueued_for_the_
 def test_median_pruner_prunes_a_trial_that_is_clearly_worse(tmp_path):
     """Two good trials, then one with learning_rate=1.0 (its policy collapses): pruned at its first report."""
     fixed = {"n_envs": 2, "n_steps": 256, "batch_size": 64, "n_epochs": 10, "gamma": 0.99, "gae_lambda": 0.95}
-    fixed.update({"max_grad_norm": 0.5, "vf_coef": 0.5, "ent_coef": 0.0})
+    fixed.update({"max_grad_norm": 0.5, "vf_coef": 0.5, "ent_coef": 0.0, "policy_kwargs": "dict(net_arch=[64, 64])"})
     settings = _settings(timesteps=2048, seeds=(0, 1), n_evaluations=2, hyperparams=fixed, wide=True)
     storage = open_storage(None, tmp_path)
     pruner = tuning.make_pruner("median", settings, n_startup_trials=2, n_warmup_evaluations=0)

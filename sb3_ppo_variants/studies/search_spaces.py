@@ -14,8 +14,9 @@ adaptive_kl        ``kl_target`` (d_targ), log-uniform in [1e-3, 0.1]; ``kl_coef
                    log-uniform in [1e-2, 10]
 entropy            ``ent_coef`` (the coefficient at the start of training), log-uniform in
                    [1e-5, 0.1]; ``ent_schedule`` in constant / linear / exponential / cosine
-rl_zoo3 (--wide)   rl-zoo3's PPO ranges: ``learning_rate``, ``n_steps``, ``batch_size``, ``gamma``,
-                   ``gae_lambda``, ``n_epochs``, ``max_grad_norm``, ``vf_coef``
+rl_zoo3 (--wide)   rl-zoo3's PPO ranges (2.9.2, read 2026-12-01): ``batch_size_pow``, ``n_steps_pow``,
+                   ``one_minus_gamma``, ``one_minus_gae_lambda``, ``learning_rate``, ``n_epochs``,
+                   ``max_grad_norm``, ``net_arch``, ``activation_fn`` (see :func:`rl_zoo3_term`)
 =================  =========================================================================
 
 The entropy schedule starts at ``ent_coef`` and ends at (progress 0, the end of the budget):
@@ -42,6 +43,8 @@ __all__ = [
     "EXPONENTIAL_END_RATIO",
     "SEARCH_SPACES",
     "WIDE_TERMS",
+    "ZOO_ACTIVATIONS",
+    "ZOO_NET_ARCHS",
     "check_combination",
     "entropy_coefficient",
     "params_to_kwargs",
@@ -89,21 +92,42 @@ def entropy_term(trial: optuna.Trial, fixed: Collection[str] = ()) -> dict[str, 
     }
 
 
+#: rl-zoo3's ``net_arch`` choices (``convert_onpolicy_params``), as rl-zoo3 writes ``policy_kwargs`` in its YAML.
+ZOO_NET_ARCHS = {
+    "tiny": "dict(pi=[64], vf=[64])",
+    "small": "dict(pi=[64, 64], vf=[64, 64])",
+    "medium": "dict(pi=[256, 256], vf=[256, 256])",
+}
+#: rl-zoo3's ``activation_fn`` choices, as ``torch.nn`` names.
+ZOO_ACTIVATIONS = {"tanh": "nn.Tanh", "relu": "nn.ReLU"}
+
+
 def rl_zoo3_term(trial: optuna.Trial, fixed: Collection[str] = ()) -> dict[str, Any]:
-    """rl-zoo3's PPO ranges (``sample_ppo_params``) for the settings the variant terms leave alone."""
-    choices: dict[str, list[Any]] = {
-        "batch_size": [8, 16, 32, 64, 128, 256, 512],
-        "n_steps": [8, 16, 32, 64, 128, 256, 512, 1024, 2048],
-        "gamma": [0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999],
-        "n_epochs": [1, 5, 10, 20],
-        "gae_lambda": [0.8, 0.9, 0.92, 0.95, 0.98, 0.99, 1.0],
-        "max_grad_norm": [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0],
-    }
-    params = _suggest(fixed, "learning_rate", lambda: trial.suggest_float("learning_rate", 1e-5, 1.0, log=True))
-    for name, values in choices.items():
-        if name not in fixed:
-            params[name] = trial.suggest_categorical(name, values)
-    params.update(_suggest(fixed, "vf_coef", lambda: trial.suggest_float("vf_coef", 0.0, 1.0)))
+    """rl-zoo3's PPO ranges for the settings the variant terms leave alone.
+
+    Copied from ``rl_zoo3/hyperparams_opt.py::sample_ppo_params`` (rl_zoo3 2.9.2, read 2026-12-01), with its
+    parameter names, so that a study's parameters read as rl-zoo3's: ``batch_size_pow`` in [2, 10] and
+    ``n_steps_pow`` in [5, 12] (powers of 2), ``one_minus_gamma`` log in [1e-4, 0.03], ``one_minus_gae_lambda``
+    log in [1e-4, 0.1], ``learning_rate`` log in [1e-5, 2e-3], ``n_epochs`` in {1, 5, 10, 20},
+    ``max_grad_norm`` in [0.3, 2], ``net_arch`` in {tiny, small, medium}, ``activation_fn`` in {tanh, relu}.
+    rl-zoo3's ``ent_coef`` and ``clip_range`` are the variant terms' (``entropy_term``, ``clip_term``).
+    :func:`params_to_kwargs` turns them into constructor arguments.
+    """
+    params: dict[str, Any] = {}
+    if "batch_size" not in fixed:
+        params["batch_size_pow"] = trial.suggest_int("batch_size_pow", 2, 10)
+    if "n_steps" not in fixed:
+        params["n_steps_pow"] = trial.suggest_int("n_steps_pow", 5, 12)
+    if "gamma" not in fixed:
+        params["one_minus_gamma"] = trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True)
+    if "gae_lambda" not in fixed:
+        params["one_minus_gae_lambda"] = trial.suggest_float("one_minus_gae_lambda", 0.0001, 0.1, log=True)
+    params.update(_suggest(fixed, "learning_rate", lambda: trial.suggest_float("learning_rate", 1e-5, 0.002, log=True)))
+    params.update(_suggest(fixed, "n_epochs", lambda: trial.suggest_categorical("n_epochs", [1, 5, 10, 20])))
+    params.update(_suggest(fixed, "max_grad_norm", lambda: trial.suggest_float("max_grad_norm", 0.3, 2.0)))
+    if "policy_kwargs" not in fixed:
+        params["net_arch"] = trial.suggest_categorical("net_arch", list(ZOO_NET_ARCHS))
+        params["activation_fn"] = trial.suggest_categorical("activation_fn", list(ZOO_ACTIVATIONS))
     return params
 
 
@@ -156,10 +180,26 @@ def entropy_coefficient(start: float, shape: str) -> float | str:
 
 
 def params_to_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Optuna parameters -> constructor arguments (``ent_coef`` + ``ent_schedule`` -> one ``ent_coef``)."""
-    kwargs = {name: value for name, value in params.items() if name != "ent_schedule"}
-    if "ent_schedule" in params:
-        kwargs["ent_coef"] = entropy_coefficient(params["ent_coef"], params["ent_schedule"])
+    """Optuna parameters (of a live trial, or ``FrozenTrial.params`` alone) -> constructor arguments.
+
+    ``ent_coef`` + ``ent_schedule`` -> one ``ent_coef`` (a schedule string); rl-zoo3's ``*_pow`` ->
+    ``2 ** pow``; ``one_minus_gamma`` / ``one_minus_gae_lambda`` -> ``gamma`` / ``gae_lambda``;
+    ``net_arch`` + ``activation_fn`` -> ``policy_kwargs`` in rl-zoo3's string form (what its YAML files hold
+    and :func:`sb3_ppo_variants.hyperparams.parse_policy_kwargs` reads), so the result can be written to YAML.
+    """
+    kwargs = dict(params)
+    if "ent_schedule" in kwargs:
+        kwargs["ent_coef"] = entropy_coefficient(kwargs["ent_coef"], kwargs.pop("ent_schedule"))
+    for name in ("batch_size", "n_steps"):
+        if f"{name}_pow" in kwargs:
+            kwargs[name] = 2 ** int(kwargs.pop(f"{name}_pow"))
+    for name in ("gamma", "gae_lambda"):
+        if f"one_minus_{name}" in kwargs:
+            kwargs[name] = 1.0 - kwargs.pop(f"one_minus_{name}")
+    if "net_arch" in kwargs or "activation_fn" in kwargs:
+        net_arch = ZOO_NET_ARCHS[kwargs.pop("net_arch", "small")]
+        activation = ZOO_ACTIVATIONS[kwargs.pop("activation_fn", "tanh")]
+        kwargs["policy_kwargs"] = f"dict(net_arch={net_arch}, activation_fn={activation})"
     return kwargs
 
 
