@@ -1,81 +1,82 @@
-"""The grid of an ablation -- (variant, env, seed) cells -- kept in an Optuna study, run exactly once each.
+"""The grid of an ablation -- (arm, env, seed) cells -- kept in an Optuna study, each cell recorded complete once.
 
-Each cell is one trial, enqueued with :meth:`optuna.Study.enqueue_trial` and the whole recipe of the run in its
-user attributes (algorithm, hyperparameters, constructor arguments, seed), so that any worker on any machine
-runs the same thing. Optuna's queue of WAITING trials is the grid: :meth:`optuna.Study.ask` moves a WAITING
-trial to RUNNING for exactly one worker (atomically, in every storage). Around that:
+The cells are enqueued in *batches* (:func:`enqueue_missing`): cells of one environment with equal shapes, up to
+``members_per_process`` each, so that a batch can be trained as one population. Each batch is one trial, enqueued
+with ``study.enqueue_trial`` and the recipes of its cells in the user attribute ``batch`` (arm, algorithm,
+hyperparameters, constructor arguments, seed), so that any worker on any machine trains the same thing. Workers
+pull the batches through ``study.optimize`` (:func:`run_ablation_worker`, on the
+:mod:`~sb3_ppo_variants.studies.runner`); a finished batch stores each cell's curve and score (``results``),
+and how it was trained (``batch_mode``: solo or population, and why).
 
-- **Enqueueing** (:func:`enqueue_missing`) adds a trial for each cell that has no COMPLETE, WAITING or live
-  RUNNING trial. Two workers that start together may both enqueue a cell; that is resolved when claiming.
-- **Claiming** (:func:`claim_next`): a worker that pops a trial whose cell already has a COMPLETE trial, or a
-  WAITING or RUNNING trial with a lower number, marks its own FAIL (user attribute ``duplicate_of``) without
-  running it. Of two duplicates, only the lower-numbered one can ever run: its claimer sees no lower trial,
-  and the other's claimer sees it (WAITING or RUNNING) -- so each cell completes at most once.
-- **Resuming**: a cell whose trial FAILED (an error, an interrupt) or whose RUNNING trial is stale is enqueued
-  again; COMPLETE cells are never rerun. A RUNNING trial is stale when its worker (``owner``: the
-  :func:`~sb3_ppo_variants.studies.liveness.process_identity` of the process and the trial's number) is on
-  this host and surely gone (:func:`~sb3_ppo_variants.studies.liveness.worker_is_dead`: no such pid, a
-  zombie, a reused pid or an earlier boot); on a database storage also when its heartbeat stopped
-  (Optuna fails it and enqueues a retry). A RUNNING trial of another host in a journal or SQLite file cannot
-  be judged: it is left alone until that host reruns the command.
+**At most once.** Two workers that start together may both enqueue a cell, and a dead worker's batch comes back
+as a retry. So when a worker's trial starts, it keeps only the cells no other trial *holds* (``claimed``) -- a
+trial holds its batch while WAITING, its claimed cells while RUNNING (its whole batch until it has claimed) and
+the cells it stored while COMPLETE -- skipping a cell held by a COMPLETE trial or by a lower-numbered trial. Of
+two trials with one cell, only the lower-numbered can ever run it: its worker sees no lower holder, and the
+other's sees it (WAITING or RUNNING). A trial that keeps nothing, or that Optuna created because the queue ran
+dry, ends PRUNED (``duplicate_of``, ``idle``) without training.
 
-The study's protocol (budget, evaluation frequency and episodes) is stored with the study; a command with a
-different protocol on the same study is refused rather than mixing incomparable runs.
+**Resuming**: a cell with no COMPLETE, WAITING or RUNNING trial holding it -- never run, FAILED (an error, an
+interrupt), or its worker dead -- is enqueued again by the next command; COMPLETE cells never run again.
+The study's protocol (budget, evaluation frequency and episodes) is stored with the study; another protocol is
+refused (:class:`~sb3_ppo_variants.studies.storage.StudyMismatchError`), and so is another recipe for a cell that
+is already complete.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import time
-import traceback
-import warnings
+import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
-from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sb3_ppo_variants.algorithm import VariantPPO
-from sb3_ppo_variants.hyperparams import load_hyperparams
-from sb3_ppo_variants.studies.arms import VariantSpec, filter_hyperparams
-from sb3_ppo_variants.studies.liveness import process_identity, worker_is_dead
-from sb3_ppo_variants.studies.runs import SeededRun
+from sb3_ppo_variants.evaluation import evaluation_points
+from sb3_ppo_variants.studies.arms import VariantSpec, filter_hyperparams, hyperparams_for
+from sb3_ppo_variants.studies.liveness import WORKER_ATTR, recover_stale_trials
+from sb3_ppo_variants.studies.registry import PLAIN_VARIANTS, algorithm_class
+from sb3_ppo_variants.studies.runner import (
+    SHAPE_KEYS,
+    Cell,
+    CellResult,
+    Objective,
+    RunProtocol,
+    batch_mode,
+    run_worker,
+    train_batch,
+)
+from sb3_ppo_variants.studies.storage import StudyMismatchError, open_study, protocol_of
 
 __all__ = [
+    "DEFAULT_MEMBERS_PER_PROCESS",
     "DEFAULT_STUDY_NAME",
     "AblationResults",
     "CellTask",
     "Protocol",
-    "ProtocolMismatchError",
-    "algorithm_of",
+    "ablation_objective",
     "cell_key",
-    "claim_next",
     "collect_results",
     "enqueue_missing",
-    "eval_schedule",
-    "export_csv",
     "grid_status",
-    "hyperparams_for",
-    "open_study",
+    "make_batches",
+    "open_ablation_study",
     "plan_cells",
-    "run_cell",
-    "run_worker",
+    "run_ablation_worker",
 ]
 
 DEFAULT_STUDY_NAME = "ablation"
-#: A RUNNING trial without an owner (its worker died between claiming it and writing its owner) is stale after this.
-OWNERLESS_GRACE_SECONDS = 120.0
-_DIGITS = 4  # returns are rounded to this many decimals in the storage
+#: Cells trained together in one trial, at most.
+DEFAULT_MEMBERS_PER_PROCESS = 8
+#: User attributes an ablation trial writes while it runs (a retry inherits them, so they are cleared first).
+RUN_ATTRS = ("claimed", "results", "batch_mode", "duplicate_of", "idle")
 
-
-class ProtocolMismatchError(ValueError):
-    """The study in the storage was created with another protocol (or another recipe for a finished cell)."""
+Train = Callable[[Sequence[Cell], RunProtocol], list[CellResult]]
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class Protocol:
     """What every run of a study shares.
 
     :param timesteps: training budget of each run (the schedules' whole budget)
-    :param eval_freq: evaluate every ``eval_freq`` timesteps (and at 0 and at the end)
+    :param eval_freq: evaluate before training and at evenly spaced points at most ``eval_freq`` apart, the last at
+        the end of the budget
     :param n_eval_episodes: deterministic episodes per evaluation, on an env seeded apart from training
     """
 
@@ -97,6 +99,11 @@ class Protocol:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
 
+    @property
+    def run_protocol(self) -> RunProtocol:
+        points = evaluation_points(self.timesteps, math.ceil(self.timesteps / self.eval_freq))
+        return RunProtocol(self.timesteps, (0, *points), self.n_eval_episodes)
+
 
 def cell_key(variant: str, env_id: str, seed: int) -> str:
     return f"{variant}|{env_id}|{seed}"
@@ -104,7 +111,10 @@ def cell_key(variant: str, env_id: str, seed: int) -> str:
 
 @dataclass
 class CellTask:
-    """The recipe of one run, JSON-able: what a worker needs to run the cell anywhere."""
+    """The recipe of one run, JSON-able: what a worker needs to run the cell anywhere.
+
+    :param variant: the arm's name (the key of the results); ``algorithm`` is the registry name it builds
+    """
 
     variant: str
     env_id: str
@@ -120,316 +130,184 @@ class CellTask:
         return cell_key(self.variant, self.env_id, self.seed)
 
     def recipe(self) -> dict[str, Any]:
-        """The task as stored in the trial's ``cell`` user attribute (with its ``key``)."""
+        """The task as stored in a trial's ``batch`` (with its ``key``)."""
         return json.loads(json.dumps({**asdict(self), "key": self.key}))
 
 
-def eval_schedule(protocol: Protocol) -> list[int]:
-    """Timesteps at which a run is evaluated: every ``eval_freq``, and at the end of the budget (0 comes first)."""
-    points = list(range(protocol.eval_freq, protocol.timesteps, protocol.eval_freq))
-    return [*points, protocol.timesteps]
-
-
-def hyperparams_for(spec: VariantSpec, env_id: str, source: dict[str, Any] | None, label: str) -> tuple[dict[str, Any], str]:
-    """The rl-zoo3 entry for ``spec`` on ``env_id``: the first of ``spec.hyperparams_keys`` the entry is split by,
-    else its ``default`` (or the whole entry), over the variant's KL defaults.
-
-    :param source: the loaded YAML (env id -> entry), or None for the algorithms' own defaults
-    :param label: where ``source`` comes from, for the report
-    :return: the entry and a description of where it came from
-    """
-    if source is None or env_id not in source:
-        where = "the algorithm's defaults" + ("" if source is None else f" ({env_id} not in {label})")
-        return dict(spec.defaults), where
-    entry = source[env_id] or {}
-    key = next((k for k in spec.hyperparams_keys if isinstance(entry, dict) and isinstance(entry.get(k), dict)), None)
-    merged = load_hyperparams(source, env_id, key)
-    where = f"{label} [{env_id}]" + (f"[{key}]" if key else "")
-    return {**spec.defaults, **merged}, where
+def _cell(recipe: dict[str, Any]) -> Cell:
+    return Cell(recipe["algorithm"], recipe["env_id"], recipe["seed"], recipe["hyperparams"], recipe["model_kwargs"])
 
 
 def plan_cells(
     specs: Iterable[VariantSpec], envs: Iterable[str], seeds: Iterable[int], source: dict[str, Any] | None, label: str
 ) -> list[CellTask]:
-    """Every (variant, env, seed) cell with its recipe, in the order variant, env, seed."""
+    """Every (arm, env, seed) cell with its recipe, in the order arm, env, seed.
+
+    :raises ValueError: for a label an env's entry does not define (see :func:`~sb3_ppo_variants.studies.arms.hyperparams_for`)
+    """
     tasks = []
     for spec in specs:
         for env_id in envs:
-            entry, where = hyperparams_for(spec, env_id, source, label)
+            entry, where, algorithm = hyperparams_for(spec, env_id, source, label)
             entry.pop("n_timesteps", None)  # rl-zoo3's budget: the protocol's timesteps replace it
-            entry, dropped = filter_hyperparams(spec.algorithm_class(), entry)
+            entry, dropped = filter_hyperparams(algorithm_class(algorithm), entry)
             for seed in seeds:
-                tasks.append(
-                    CellTask(spec.name, env_id, int(seed), spec.algorithm, entry, dict(spec.overrides), where, dropped)
-                )
+                tasks.append(CellTask(spec.name, env_id, int(seed), algorithm, entry, dict(spec.overrides), where, dropped))
     return tasks
+
+
+def make_batches(tasks: Sequence[CellTask], members_per_process: int, min_batches: int = 1) -> list[list[CellTask]]:
+    """Group ``tasks`` into batches: cells of one env that can be one population together (or, if not, of one
+    algorithm), each group split evenly into batches of at most ``members_per_process`` cells -- and into at least
+    ``min_batches`` where the group is large enough, so that that many local workers all have work."""
+    if members_per_process < 1:
+        raise ValueError(f"--members-per-process must be >= 1, got {members_per_process}")
+    groups: dict[str, list[CellTask]] = defaultdict(list)
+    for task in tasks:
+        merged = {**task.hyperparams, **task.model_kwargs}
+        shape = {key: merged.get(key) for key in SHAPE_KEYS}
+        solo_only = task.algorithm not in PLAIN_VARIANTS  # a population mixes plain variants, nothing else
+        signature = json.dumps([task.env_id, shape, task.algorithm if solo_only else ""], sort_keys=True, default=str)
+        groups[signature].append(task)
+    batches = []
+    for group in groups.values():
+        n = max(math.ceil(len(group) / members_per_process), min(min_batches, len(group)))
+        batches += [list(part) for part in np.array_split(np.array(group, dtype=object), n)]
+    return batches
 
 
 # ----------------------------------------------------------------------------------------------- the study
 
 
-def open_study(storage: optuna.storages.BaseStorage, study_name: str, protocol: Protocol) -> optuna.Study:
-    """Create or load the study, and check that it was created with the same protocol.
-
-    :raises ProtocolMismatchError: naming the fields that differ
-    """
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_name,
-        direction="maximize",
-        load_if_exists=True,
-        sampler=optuna.samplers.RandomSampler(),
-    )
-    wanted = asdict(protocol)
-    stored = study.user_attrs.get("protocol")
-    if stored is None:
-        try:
-            study.set_user_attr("protocol", wanted)
-        except Exception:  # two workers creating the study together: the other one's insert won; read it
-            pass
-        stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs.get("protocol", wanted)
-    if stored != wanted:
-        diff = {key: (stored.get(key), wanted[key]) for key in wanted if stored.get(key) != wanted[key]}
-        raise ProtocolMismatchError(
-            f"study {study_name!r} in this storage was run with {stored}; this command asks for {wanted} "
-            f"(differs: {', '.join(f'{k} {a} -> {b}' for k, (a, b) in diff.items())}). Use the same settings to resume, "
-            "or another --out / --storage / --study-name for a new study"
-        )
-    return study
+def open_ablation_study(storage: optuna.storages.BaseStorage, study_name: str, protocol: Protocol) -> optuna.Study:
+    """Create or load the study, refusing another protocol (:func:`~sb3_ppo_variants.studies.storage.open_study`)."""
+    return open_study(storage, study_name, asdict(protocol), sampler=optuna.samplers.RandomSampler())
 
 
 def _protocol(study: optuna.Study) -> Protocol:
-    return Protocol(**study.user_attrs["protocol"])
+    return Protocol(**protocol_of(study))
 
 
-def _is_stale(trial: FrozenTrial, now: float | None = None) -> bool:
-    """A RUNNING trial whose worker is known to be gone (see the module docstring)."""
-    if trial.state != TrialState.RUNNING:
-        return False
-    owner = trial.user_attrs.get("owner")
-    if not isinstance(owner, dict) or owner.get("trial") != trial.number:  # not yet claimed, or a copied retry
-        started = trial.datetime_start.timestamp() if trial.datetime_start else None
-        return started is not None and (now or time.time()) - started > OWNERLESS_GRACE_SECONDS
-    return worker_is_dead(owner)
+def _batch(trial: FrozenTrial) -> list[dict[str, Any]]:
+    return list(trial.user_attrs.get("batch") or [])
 
 
-def fail_stale(study: optuna.Study) -> list[int]:
-    """Fail the stale RUNNING trials (dead local workers; stopped heartbeats on a database). Their numbers."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # database storages with heartbeats; a no-op otherwise
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _is_stale(trial):
-            try:
-                study.tell(trial.number, state=TrialState.FAIL)
-                failed.append(trial.number)
-            except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-                pass  # another worker failed it first
-    return failed
+def _held(trial: FrozenTrial) -> set[str]:
+    """The cells ``trial`` holds (see the module docstring)."""
+    if trial.state == TrialState.WAITING:
+        return {recipe["key"] for recipe in _batch(trial)}
+    if trial.state == TrialState.RUNNING:
+        worker = trial.user_attrs.get(WORKER_ATTR)
+        claimed = trial.user_attrs.get("claimed")
+        if isinstance(worker, dict) and worker.get("trial") == trial.number and claimed is not None:
+            return set(claimed)
+        return {recipe["key"] for recipe in _batch(trial)}
+    if trial.state == TrialState.COMPLETE:
+        return set(trial.user_attrs.get("results") or {})
+    return set()
 
 
-def _by_cell(trials: Iterable[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
-    cells: dict[str, list[FrozenTrial]] = defaultdict(list)
+def _holders(trials: Iterable[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
+    holders: dict[str, list[FrozenTrial]] = defaultdict(list)
     for trial in trials:
-        if "cell" in trial.user_attrs:
-            cells[trial.user_attrs["cell"]["key"]].append(trial)
-    return cells
+        for key in _held(trial):
+            holders[key].append(trial)
+    return holders
 
 
 def _same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def enqueue_missing(study: optuna.Study, tasks: Iterable[CellTask]) -> list[CellTask]:
-    """Enqueue the cells that have no COMPLETE, WAITING or (live) RUNNING trial; return them.
-
-    :raises ProtocolMismatchError: when a COMPLETE cell was run with another recipe (other hyperparameters)
-    """
-    fail_stale(study)
-    cells = _by_cell(study.get_trials(deepcopy=False))
-    enqueued = []
-    for task in tasks:
-        recipe = task.recipe()
-        trials = cells.get(task.key, [])
-        for trial in trials:
-            if trial.state == TrialState.COMPLETE and not _same_recipe(trial.user_attrs["cell"], recipe):
-                raise ProtocolMismatchError(
-                    f"cell {task.key} was run with {trial.user_attrs['cell']}, this command asks for {recipe}; "
-                    "use another --out / --storage / --study-name for other hyperparameters"
-                )
-        if any(t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) for t in trials):
-            continue
-        study.enqueue_trial({}, user_attrs={"cell": recipe})
-        enqueued.append(task)
-    return enqueued
-
-
-def _duplicate_of(study: optuna.Study, trial: optuna.Trial, key: str) -> int | None:
-    for other in _by_cell(study.get_trials(deepcopy=False)).get(key, []):
-        if other.number == trial.number:
-            continue
-        if other.state == TrialState.COMPLETE:
-            return other.number
-        if other.number < trial.number and other.state in (TrialState.WAITING, TrialState.RUNNING):
-            return other.number
-    return None
-
-
-def claim_next(study: optuna.Study) -> optuna.Trial | None:
-    """Pop the next WAITING cell for this worker, or None when none is left (see the module docstring)."""
-    identity = process_identity()
-    while True:
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            return None
-        with warnings.catch_warnings():  # we record the heartbeats ourselves (_Heartbeat), as optimize() would
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-            trial = study.ask()
-        # Owner first, before any read of the storage: a worker killed after ask() and before this write leaves
-        # an ownerless RUNNING trial, which is only judged stale after OWNERLESS_GRACE_SECONDS.
-        trial.set_user_attr("owner", {**identity, "trial": trial.number})
-        cell = trial.user_attrs.get("cell")
-        if cell is None:
-            # The queue emptied between the look and the ask, and Optuna created a fresh trial: not a cell.
-            trial.set_user_attr("idle", True)
-            study.tell(trial, state=TrialState.FAIL)
-            continue
-        duplicate = _duplicate_of(study, trial, cell["key"])
-        if duplicate is not None:
-            trial.set_user_attr("duplicate_of", duplicate)
-            study.tell(trial, state=TrialState.FAIL)
-            continue
-        return trial
-
-
-class _Heartbeat:
-    """Record a trial's heartbeat while it runs, on storages that have heartbeats (Optuna does so in optimize())."""
-
-    def __init__(self, study: optuna.Study, trial: optuna.Trial):
-        storage = study._storage
-        self._record = getattr(storage, "record_heartbeat", None)
-        interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
-        self._interval = interval
-        self._trial_id = trial._trial_id
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _Heartbeat:
-        if self._record is not None and self._interval:
-            self._record(self._trial_id)
-            self._thread = threading.Thread(target=self._beat, daemon=True)
-            self._thread.start()
-        return self
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._record(self._trial_id)  # type: ignore[misc]
-            except Exception:  # a transient database error must not kill the run; the next beat retries
-                pass
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-
-# ----------------------------------------------------------------------------------------------- running
-
-
-def _rounded(values: Iterable[float]) -> list[float]:
-    return [round(float(v), _DIGITS) for v in values]
-
-
-def run_cell(recipe: dict[str, Any], protocol: Protocol) -> dict[str, Any]:
-    """Train one cell and evaluate it at 0, every ``eval_freq`` timesteps and at the end.
-
-    :return: JSON-able results: ``curve_timesteps`` (actual, whole rollouts), ``curve_nominal`` (the asked
-        points), ``curve_returns`` (mean deterministic return of ``n_eval_episodes`` on the eval env),
-        ``episode_returns`` (training episodes of the stochastic policy, from Monitor, in the order they ended) and
-        ``episode_timesteps`` (the end of the training segment in which each ended: a resolution of ``eval_freq``),
-        ``final_score``
-        (the last evaluation, at the end of the budget) and ``wall_time_s``
-    """
-    start = time.perf_counter()
-    run = SeededRun(
-        algorithm_of(recipe),
-        recipe["env_id"],
-        recipe["seed"],
-        protocol.timesteps,
-        hyperparams=recipe["hyperparams"],
-        n_eval_episodes=protocol.n_eval_episodes,
-        model_kwargs=recipe["model_kwargs"],
-    )
-    try:
-        nominal, timesteps, returns = [0], [0], [run.evaluate()]
-        for point in eval_schedule(protocol):
-            run.advance(point)
-            nominal.append(point)
-            timesteps.append(run.num_timesteps)
-            returns.append(run.evaluate())
-    finally:
-        run.close()
-    return {
-        "curve_nominal": nominal,
-        "curve_timesteps": timesteps,
-        "curve_returns": _rounded(returns),
-        "episode_timesteps": list(run.episode_timesteps),
-        "episode_returns": _rounded(run.episode_returns),
-        "final_score": round(float(returns[-1]), _DIGITS),
-        "wall_time_s": round(time.perf_counter() - start, 2),
-    }
-
-
-def algorithm_of(recipe: dict[str, Any]) -> str | type[BaseAlgorithm]:
-    """What :func:`~sb3_ppo_variants.hyperparams.make_model` takes for a recipe's ``algorithm``."""
-    return VariantPPO if recipe["algorithm"] == "variant_ppo" else recipe["algorithm"]
-
-
-Runner = Callable[[dict[str, Any], Protocol], dict[str, Any]]
-
-
-def run_worker(
+def enqueue_missing(
     study: optuna.Study,
-    runner: Runner = run_cell,
-    on_done: Callable[[str, bool], None] | None = None,
-    max_runs: int | None = None,
-) -> int:
-    """Claim and run cells until none is waiting (or ``max_runs`` were started). Returns how many completed.
+    tasks: Sequence[CellTask],
+    members_per_process: int = DEFAULT_MEMBERS_PER_PROCESS,
+    min_batches: int = 1,
+) -> list[CellTask]:
+    """Enqueue, in batches (:func:`make_batches`), the cells no trial holds; return them.
 
-    A run that raises is told FAIL with the error in ``error`` and the worker goes on with the next cell (it is
-    retried by the next command); an interrupt (Ctrl-C) fails the running trial and propagates.
-
-    :param runner: ``(recipe, protocol) -> results`` (tests pass a cheap fake)
-    :param on_done: called with the cell key and whether it completed, after each run
+    :raises StudyMismatchError: when a COMPLETE cell was run with another recipe (other hyperparameters)
     """
-    protocol = _protocol(study)
-    completed = attempted = 0
-    while max_runs is None or attempted < max_runs:
-        trial = claim_next(study)
-        if trial is None:
-            break
-        attempted += 1
-        recipe = trial.user_attrs["cell"]
-        try:
-            with _Heartbeat(study, trial):
-                results = runner(recipe, protocol)
-        except Exception as error:
-            trial.set_user_attr("error", "".join(traceback.format_exception_only(type(error), error)).strip()[-2000:])
-            study.tell(trial, state=TrialState.FAIL)
-            if on_done:
-                on_done(recipe["key"], False)
-            continue
-        except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        for name, value in results.items():
-            trial.set_user_attr(name, value)
-        study.tell(trial, results["final_score"])
-        completed += 1
-        if on_done:
-            on_done(recipe["key"], True)
-    return completed
+    recover_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    holders = _holders(trials)
+    recipes = {recipe["key"]: recipe for trial in trials if trial.state == TrialState.COMPLETE for recipe in _batch(trial)}
+    missing = []
+    for task in tasks:
+        done = [t for t in holders.get(task.key, []) if t.state == TrialState.COMPLETE]
+        if done and not _same_recipe(recipes[task.key], task.recipe()):
+            raise StudyMismatchError(
+                f"cell {task.key} was run with {recipes[task.key]}, this command asks for {task.recipe()}; "
+                "use another --out / --storage / --study-name for other hyperparameters"
+            )
+        if task.key not in holders:
+            missing.append(task)
+    for batch in make_batches(missing, members_per_process, min_batches):
+        study.enqueue_trial({}, user_attrs={"batch": [task.recipe() for task in batch]})
+    return missing
+
+
+def _claim(trial: optuna.Trial, batch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The recipes of ``batch`` no other trial holds first, and the numbers of the trials that hold the others."""
+    holders = _holders(t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number)
+    keep, others = [], set()
+    for recipe in batch:
+        ahead = [t.number for t in holders.get(recipe["key"], []) if t.state == TrialState.COMPLETE or t.number < trial.number]
+        if ahead:
+            others.add(min(ahead))
+        else:
+            keep.append(recipe)
+    return keep, sorted(others)
+
+
+def _run_batch(trial: optuna.Trial, train: Train) -> float:
+    batch = trial.user_attrs.get("batch")
+    if batch is None:  # the queue ran dry between this worker's look and Optuna's ask(): not a batch
+        trial.set_user_attr("idle", True)
+        trial.study.stop()
+        raise optuna.TrialPruned("no batch was waiting")
+    keep, others = _claim(trial, batch)
+    trial.set_user_attr("claimed", [recipe["key"] for recipe in keep])
+    if not keep:
+        trial.set_user_attr("duplicate_of", others)
+        raise optuna.TrialPruned(f"every cell of the batch is held by trials {others}")
+    cells = [_cell(recipe) for recipe in keep]
+    mode, why = batch_mode(cells)
+    trial.set_user_attr("batch_mode", {"mode": mode, "why": why})
+    results = train(cells, _protocol(trial.study).run_protocol)
+    trial.set_user_attr("results", {recipe["key"]: result.as_attrs() for recipe, result in zip(keep, results)})
+    return float(np.mean([result.final_score for result in results]))
+
+
+def ablation_objective(train: Train = train_batch) -> Objective:
+    """The objective of an ablation's workers: run the enqueued batch of each trial.
+
+    :param train: ``(cells, protocol) -> results`` (:func:`~sb3_ppo_variants.studies.runner.train_batch`; tests
+        pass a cheap fake)
+    """
+    return Objective(lambda trial: _run_batch(trial, train), run_attrs=RUN_ATTRS)
+
+
+def run_ablation_worker(
+    study: optuna.Study,
+    train: Train = train_batch,
+    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    max_trials: int | None = None,
+) -> int:
+    """Run batches until none is waiting (or ``max_trials`` trials were started); return how many cells completed.
+
+    :param on_trial: an ``optimize`` callback, called after each trial (a progress bar)
+    """
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    run_worker(
+        study, ablation_objective(train), n_trials=max_trials, until_queue_empty=True, callbacks=[on_trial] if on_trial else []
+    )
+    return sum(
+        len(t.user_attrs.get("results") or {})
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.number not in before
+    )
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -444,7 +322,8 @@ class AblationResults:
     :param episodes: one row per training episode: variant, env_id, seed, timestep, episode_return
     :param recipes: cell key -> recipe (algorithm, hyperparameters, constructor arguments, where they came from)
     :param failed: cell key -> last error, for cells with no COMPLETE trial whose last trial failed with an error
-    :param duplicates: cells with more than one COMPLETE trial (should never happen; kept visible)
+    :param duplicates: cells stored by more than one COMPLETE trial (should never happen; kept visible)
+    :param batches: one row per COMPLETE trial: trial, cells, mode (solo / population), why
     """
 
     runs: pd.DataFrame
@@ -454,42 +333,56 @@ class AblationResults:
     failed: dict[str, str]
     duplicates: list[str]
     protocol: Protocol
+    batches: pd.DataFrame
+
+    def restrict(self, keys: set[str]) -> None:
+        """Keep only the cells ``keys`` (a study may hold more than one command's grid)."""
+        for name in ("runs", "curves", "episodes"):
+            frame = getattr(self, name)
+            keep = np.array([cell_key(v, e, s) in keys for v, e, s in zip(frame["variant"], frame["env_id"], frame["seed"])])
+            setattr(self, name, frame[keep.astype(bool)].reset_index(drop=True))  # (an empty list would select columns)
+        self.failed = {key: error for key, error in self.failed.items() if key in keys}
 
 
 def collect_results(study: optuna.Study) -> AblationResults:
-    """The COMPLETE cells of the study as DataFrames (the lowest-numbered trial if a cell ever completed twice)."""
-    runs, curves, episodes = [], [], []
+    """The completed cells of the study as DataFrames (the lowest-numbered trial if a cell ever completed twice)."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    runs, curves, episodes, batches = [], [], [], []
     recipes: dict[str, dict[str, Any]] = {}
-    failed: dict[str, str] = {}
-    duplicates = []
-    for key, trials in sorted(_by_cell(study.get_trials(deepcopy=False)).items()):
-        complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
-        if len(complete) > 1:
-            duplicates.append(key)
-        if not complete:
-            errors = [t for t in sorted(trials, key=lambda t: t.number) if "error" in t.user_attrs]
-            if errors:
-                failed[key] = errors[-1].user_attrs["error"]
+    stored: dict[str, list[int]] = defaultdict(list)
+    for trial in trials:
+        if trial.state != TrialState.COMPLETE:
             continue
-        trial = complete[0]
-        attrs = trial.user_attrs
-        cell = attrs["cell"]
-        recipes[key] = cell
-        ids = {"variant": cell["variant"], "env_id": cell["env_id"], "seed": cell["seed"]}
-        runs.append(
-            {
-                **ids,
-                "final_score": attrs["final_score"],
-                "timesteps": attrs["curve_timesteps"][-1],
-                "wall_time_s": attrs.get("wall_time_s"),
-                "trial": trial.number,
-                "host": (attrs.get("owner") or {}).get("host"),
-            }
-        )
-        for t, n, r in zip(attrs["curve_timesteps"], attrs["curve_nominal"], attrs["curve_returns"]):
-            curves.append({**ids, "timestep": t, "nominal": n, "eval_return": r})
-        for t, r in zip(attrs["episode_timesteps"], attrs["episode_returns"]):
-            episodes.append({**ids, "timestep": t, "episode_return": r})
+        by_key = {recipe["key"]: recipe for recipe in _batch(trial)}
+        results = trial.user_attrs.get("results") or {}
+        mode = trial.user_attrs.get("batch_mode") or {}
+        batches.append({"trial": trial.number, "cells": len(results), "mode": mode.get("mode"), "why": mode.get("why")})
+        for key, attrs in results.items():
+            stored[key].append(trial.number)
+            if len(stored[key]) > 1:
+                continue
+            cell = recipes[key] = by_key[key]
+            ids = {"variant": cell["variant"], "env_id": cell["env_id"], "seed": cell["seed"]}
+            runs.append(
+                {
+                    **ids,
+                    "final_score": attrs["final_score"],
+                    "timesteps": attrs["curve_timesteps"][-1],
+                    "wall_time_s": attrs.get("wall_time_s"),
+                    "trial": trial.number,
+                    "host": (trial.user_attrs.get(WORKER_ATTR) or {}).get("host"),
+                }
+            )
+            for t, n, r in zip(attrs["curve_timesteps"], attrs["curve_nominal"], attrs["curve_returns"]):
+                curves.append({**ids, "timestep": t, "nominal": n, "eval_return": r})
+            for t, r in zip(attrs["episode_timesteps"], attrs["episode_returns"]):
+                episodes.append({**ids, "timestep": t, "episode_return": r})
+    failed: dict[str, str] = {}
+    for trial in trials:
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason"):
+            for recipe in _batch(trial):
+                if recipe["key"] not in stored:
+                    failed[recipe["key"]] = trial.user_attrs["fail_reason"]
     columns = {
         "runs": ["variant", "env_id", "seed", "final_score", "timesteps", "wall_time_s", "trial", "host"],
         "curves": ["variant", "env_id", "seed", "timestep", "nominal", "eval_return"],
@@ -501,36 +394,28 @@ def collect_results(study: optuna.Study) -> AblationResults:
         episodes=pd.DataFrame(episodes, columns=columns["episodes"]),
         recipes=recipes,
         failed=failed,
-        duplicates=duplicates,
+        duplicates=sorted(key for key, numbers in stored.items() if len(numbers) > 1),
         protocol=_protocol(study),
+        batches=pd.DataFrame(batches, columns=["trial", "cells", "mode", "why"]),
     )
 
 
 def grid_status(study: optuna.Study, keys: Iterable[str]) -> dict[str, str]:
-    """For each cell key: ``complete``, ``running``, ``waiting``, ``failed`` or ``missing``."""
-    cells = _by_cell(study.get_trials(deepcopy=False))
+    """For each cell key: ``complete``, ``running``, ``waiting``, ``failed`` (tried, not held) or ``missing``."""
+    trials = study.get_trials(deepcopy=False)
+    holders = _holders(trials)
+    tried = {recipe["key"] for trial in trials for recipe in _batch(trial)}
     status = {}
     for key in keys:
-        states = {t.state for t in cells.get(key, [])}
-        if TrialState.COMPLETE in states:
-            status[key] = "complete"
-        elif TrialState.RUNNING in states:
-            status[key] = "running"
-        elif TrialState.WAITING in states:
-            status[key] = "waiting"
-        elif states:
-            status[key] = "failed"
+        states = {t.state for t in holders.get(key, [])}
+        for state, name in (
+            (TrialState.COMPLETE, "complete"),
+            (TrialState.RUNNING, "running"),
+            (TrialState.WAITING, "waiting"),
+        ):
+            if state in states:
+                status[key] = name
+                break
         else:
-            status[key] = "missing"
+            status[key] = "failed" if key in tried else "missing"
     return status
-
-
-def export_csv(results: AblationResults, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``runs.csv``, ``curves.csv`` and ``episodes.csv`` (the raw results) into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name in ("runs", "curves", "episodes"):
-        paths[name] = out / f"{name}.csv"
-        getattr(results, name).to_csv(paths[name], index=False)
-    return paths
