@@ -26,10 +26,8 @@ def fail_reasons(study: optuna.Study) -> dict[int, str]:
     """Trial number -> why it failed, for every FAIL trial: its recorded reason, or, for a trial failed on behalf of
     a dead or silent worker (no reason can be written then), that and the number of its retry."""
     trials = study.get_trials(deepcopy=False)
-    retries = {t.system_attrs.get("failed_trial"): t.number for t in trials if "failed_trial" in t.system_attrs}
-    for t in trials:  # a retry of a retry points at the first trial; the history has the rest
-        for number in t.system_attrs.get("retry_history", []):
-            retries.setdefault(number, t.number)
+    # Optuna's retry records the trials it retries, oldest first: the last one is the trial it stands in for.
+    retries = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
     reasons = {}
     for trial in trials:
         if trial.state != TrialState.FAIL:
