@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sb3_ppo_variants.experiments import ablate_cli
+from sb3_ppo_variants.studies.cli import ablate as ablate_cli
 
 ALGORITHMS = ["sb3_ppo", "clip", "kl", "adaptive_kl", "clip_kl"]
 #: rl-zoo3's budgets for its published PPO scores.

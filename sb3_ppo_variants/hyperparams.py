@@ -30,6 +30,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_ppo_variants.algorithm import VariantPPO
 from sb3_ppo_variants.schedules import ConstantSchedule, as_schedule
+from sb3_ppo_variants.studies.registry import algorithm_class, default_policy
 
 __all__ = [
     "ENV_SETTINGS",
@@ -37,7 +38,6 @@ __all__ = [
     "make_env",
     "make_model",
     "parse_policy_kwargs",
-    "resolve_algorithm",
     "split_hyperparams",
 ]
 
@@ -112,25 +112,6 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], dict
     return model_kwargs, settings
 
 
-def resolve_algorithm(variant: str | type[BaseAlgorithm]) -> type[BaseAlgorithm]:
-    """A ``VARIANTS`` key, a baseline name (``sb3_ppo``, ``trpo``) or an algorithm class -> the class."""
-    if isinstance(variant, type):
-        return variant
-    from sb3_ppo_variants import VARIANTS
-
-    if variant in VARIANTS:
-        return VARIANTS[variant]
-    if variant == "sb3_ppo":
-        from stable_baselines3 import PPO
-
-        return PPO
-    if variant == "trpo":
-        from sb3_contrib import TRPO
-
-        return TRPO
-    raise ValueError(f"variant must be one of {[*VARIANTS, 'sb3_ppo', 'trpo']}, got {variant!r}")
-
-
 def make_env(
     env_id: str, settings: dict[str, Any] | None = None, seed: int | None = None, n_envs: int | None = None
 ) -> VecEnv:
@@ -164,13 +145,13 @@ def make_model(
 ) -> BaseAlgorithm:
     """Build a model of ``variant`` on ``env_id`` from an rl-zoo3 entry (see :func:`load_hyperparams`).
 
-    :param variant: a ``VARIANTS`` key, ``"sb3_ppo"``, ``"trpo"`` or an algorithm class
+    :param variant: a name of :mod:`sb3_ppo_variants.studies.registry` (``VARIANTS`` keys, baselines) or a class
     :param hyperparams: the entry (constructor arguments mixed with ``n_envs``, ``policy``, ``normalize``, ...)
     :param seed: seeds the model and the training environments
     :param overrides: constructor arguments that take precedence over the entry
     :return: the model; ``model.n_timesteps`` holds the entry's ``n_timesteps`` (or None)
     """
-    algorithm = resolve_algorithm(variant)
+    algorithm = algorithm_class(variant)
     model_kwargs, settings = split_hyperparams(hyperparams or {})
     if "policy_kwargs" in overrides:
         overrides = {**overrides, "policy_kwargs": parse_policy_kwargs(overrides["policy_kwargs"])}
@@ -182,7 +163,7 @@ def make_model(
                 schedule = as_schedule(model_kwargs[key], key)
                 model_kwargs[key] = schedule.value if isinstance(schedule, ConstantSchedule) else schedule
     env = make_env(env_id, settings, seed=seed)
-    policy = settings.get("policy", "MlpPolicy")
+    policy = settings.get("policy", default_policy(variant))
     model = algorithm(policy, env, seed=seed, **model_kwargs)
     model.n_timesteps = settings.get("n_timesteps")  # type: ignore[attr-defined]
     return model

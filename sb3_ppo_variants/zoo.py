@@ -13,7 +13,7 @@ that adds them to ``rl_zoo3.ALGOS`` (and, for ``-optimize``, to ``hyperparams_op
 - Every ``VARIANTS`` key is registered as an algorithm (``clip``, ``kl``, ``adaptive_kl``, ``clip_kl``, ...).
 - ``train`` without ``-conf`` uses the variant's hyperparameters shipped in ``sb3_ppo_variants/data/zoo/``
   (rl-zoo3's PPO entries, one file per variant, in zoo's format).
-- The samplers are the tuner's search spaces (:mod:`sb3_ppo_variants.experiments.search_spaces`): the variant's
+- The samplers are the tuner's search spaces (:mod:`sb3_ppo_variants.studies.search_spaces`): the variant's
   own terms (``clip_range`` only for clipped variants, ``kl_coef``, ``kl_target``, ``ent_coef`` and the shape of
   its schedule) plus rl-zoo3's PPO ranges; the converters rebuild the settings from ``trial.params`` alone
   (zoo's ``--trial-id``).
@@ -49,7 +49,7 @@ def convert_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
 
     ``policy_kwargs`` is returned as a dict (zoo passes sampled settings straight to the constructor).
     """
-    from sb3_ppo_variants.experiments.search_spaces import params_to_kwargs
+    from sb3_ppo_variants.studies.search_spaces import params_to_kwargs
 
     kwargs = params_to_kwargs(sampled_params)
     if "policy_kwargs" in kwargs:
@@ -67,7 +67,7 @@ class ZooSampler:
         self.variant = variant
 
     def __call__(self, trial: Any, n_actions: int, n_envs: int, additional_args: dict[str, Any]) -> dict[str, Any]:
-        from sb3_ppo_variants.experiments.search_spaces import suggest_params
+        from sb3_ppo_variants.studies.search_spaces import suggest_params
 
         return convert_params(suggest_params(trial, self.variant, wide=True))
 

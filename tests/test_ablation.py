@@ -1,4 +1,4 @@
-"""The ablation tool: names of variants, the grid kept in an Optuna storage (exactly once, resumable), the command."""
+"""The ablation tool: names of arms, the grid kept in an Optuna storage (each cell recorded once, resumable), the command."""
 
 from __future__ import annotations
 
@@ -22,11 +22,22 @@ from sb3_contrib import TRPO
 from stable_baselines3 import PPO
 
 from sb3_ppo_variants import VARIANTS, VariantPPO
-from sb3_ppo_variants.experiments import ablation
-from sb3_ppo_variants.experiments.ablate_cli import main
-from sb3_ppo_variants.experiments.factorial import factorial_names, filter_hyperparams, parse_variant
-from sb3_ppo_variants.experiments.storage import open_storage
 from sb3_ppo_variants.hyperparams import make_model
+from sb3_ppo_variants.studies import ablation
+from sb3_ppo_variants.studies.arms import factorial_names, filter_hyperparams, hyperparams_for, label_names, parse_variant
+from sb3_ppo_variants.studies.cli.ablate import main
+from sb3_ppo_variants.studies.liveness import process_identity
+from sb3_ppo_variants.studies.registry import algorithm_class
+from sb3_ppo_variants.studies.runner import (
+    NO_POPULATION_TRAINER,
+    Cell,
+    CellResult,
+    RunProtocol,
+    batch_mode,
+    population_blocker,
+    train_batch,
+)
+from sb3_ppo_variants.studies.storage import StudyMismatchError, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"n_envs": 1, "n_steps": 32, "batch_size": 32, "n_epochs": 2, "policy_kwargs": "dict(net_arch=[16])"}
@@ -83,7 +94,7 @@ def test_named_variant_and_its_factorial_cell_are_the_same_training(variant: str
     named = parse_variant(variant)
     assert named.components == cell.components
     expected = _learned_parameters(VARIANTS[variant], TINY)
-    got = _learned_parameters(cell.algorithm_class(), {**cell.defaults, **TINY}, **cell.overrides)
+    got = _learned_parameters(algorithm_class(cell.algorithm), {**cell.defaults, **TINY}, **cell.overrides)
     assert all(th.equal(a, b) for a, b in zip(expected, got))
 
 
@@ -99,39 +110,75 @@ def test_baselines_drop_the_arguments_they_do_not_take() -> None:
 
 def test_hyperparams_for_prefers_the_cell_then_its_named_variant_then_default() -> None:
     source = {"E-v0": {"default": {"gamma": 0.9}, "kl": {"kl_coef": 0.3}, "noclip+kl+ent_sched": {"kl_coef": 0.7}}}
-    entry, where = ablation.hyperparams_for(parse_variant("noclip+kl+ent_sched"), "E-v0", source, "f.yml")
+    entry, where, algorithm = hyperparams_for(parse_variant("noclip+kl+ent_sched"), "E-v0", source, "f.yml")
     assert entry == {"gamma": 0.9, "kl_coef": 0.7, "kl_estimator": "exact"} and where == "f.yml [E-v0][noclip+kl+ent_sched]"
-    entry, _ = ablation.hyperparams_for(parse_variant("noclip+kl+ent_const"), "E-v0", source, "f.yml")
+    assert algorithm == "variant_ppo"
+    entry, _, _ = hyperparams_for(parse_variant("noclip+kl+ent_const"), "E-v0", source, "f.yml")
     assert entry["kl_coef"] == 0.3
-    entry, _ = ablation.hyperparams_for(parse_variant("clip+kl"), "E-v0", source, "f.yml")
+    entry, _, _ = hyperparams_for(parse_variant("clip+kl"), "E-v0", source, "f.yml")
     assert entry == {"gamma": 0.9, "kl_coef": 0.2, "kl_estimator": "exact"}  # ClipKLPPO's beta under the default
-    entry, where = ablation.hyperparams_for(parse_variant("clip"), "Other-v0", source, "f.yml")
-    assert entry == {} and "Other-v0 not in f.yml" in where
+    entry, where, algorithm = hyperparams_for(parse_variant("clip"), "Other-v0", source, "f.yml")
+    assert entry == {} and "Other-v0 not in f.yml" in where and algorithm == "clip"
+
+
+LABELS = {
+    "CartPole-v1": {
+        "default": {"n_envs": 2, "gamma": 0.9},
+        "no_kl": {"variant": "clip"},
+        "kl_loss": {"variant": "clip_kl", "kl_coef": 0.1},
+    },
+    "Acrobot-v1": {"default": {"n_envs": 1}, "no_kl": {"variant": "sb3_ppo", "n_epochs": 3}},
+}
+
+
+def test_labels_of_the_hyperparameters_file_are_arms_with_their_own_entry_and_algorithm() -> None:
+    labels = label_names(LABELS)
+    assert labels == {"no_kl", "kl_loss"}
+    specs = [parse_variant(name, labels=labels) for name in ("no_kl", "kl_loss")]
+    tasks = {
+        (t.variant, t.env_id): t for t in ablation.plan_cells(specs[:1], ["CartPole-v1", "Acrobot-v1"], [0], LABELS, "f.yml")
+    }
+    assert (tasks["no_kl", "CartPole-v1"].algorithm, tasks["no_kl", "CartPole-v1"].hyperparams) == (
+        "clip",
+        {"n_envs": 2, "gamma": 0.9},
+    )
+    assert (tasks["no_kl", "Acrobot-v1"].algorithm, tasks["no_kl", "Acrobot-v1"].hyperparams) == (
+        "sb3_ppo",
+        {"n_envs": 1, "n_epochs": 3},
+    )
+    (kl_loss,) = ablation.plan_cells(specs[1:], ["CartPole-v1"], [0], LABELS, "f.yml")
+    assert kl_loss.algorithm == "clip_kl" and kl_loss.hyperparams == {"n_envs": 2, "gamma": 0.9, "kl_coef": 0.1}
+    assert kl_loss.hyperparams_source == "f.yml [CartPole-v1][kl_loss]"
+    with pytest.raises(
+        ValueError, match=r"--variants kl_loss: a label that the entry of Acrobot-v1 in f\.yml does not define"
+    ):
+        ablation.plan_cells(specs[1:], ["Acrobot-v1"], [0], LABELS, "f.yml")
+    bad = {"CartPole-v1": {"default": {}, "odd": {"variant": "ppo2"}}}
+    with pytest.raises(ValueError, match=r"--variants odd: its variant on CartPole-v1 must be one of .*got 'ppo2'"):
+        ablation.plan_cells([parse_variant("odd", labels={"odd"})], ["CartPole-v1"], [0], bad, "f.yml")
+    with pytest.raises(ValueError, match=r"or a label of the hyperparameters file \(\['kl_loss', 'no_kl'\]\)"):
+        parse_variant("kl_los", labels=labels)
 
 
 # ------------------------------------------------------------------------------------------------ the grid
 
 
-def _fake_runner(calls: list[str]) -> ablation.Runner:
-    def runner(recipe: dict[str, Any], protocol: ablation.Protocol) -> dict[str, Any]:
-        calls.append(recipe["key"])
-        score = float(recipe["seed"]) + (10.0 if recipe["variant"] == "kl" else 0.0)
-        return {
-            "curve_nominal": [0, protocol.timesteps],
-            "curve_timesteps": [0, protocol.timesteps],
-            "curve_returns": [0.0, score],
-            "episode_timesteps": [protocol.timesteps],
-            "episode_returns": [score],
-            "final_score": score,
-            "wall_time_s": 0.0,
-        }
+def _fake_train(calls: list[str]) -> ablation.Train:
+    def train(cells: Any, protocol: RunProtocol) -> list[CellResult]:
+        results = []
+        for cell in cells:
+            calls.append(ablation.cell_key(cell.algorithm, cell.env_id, cell.seed))  # arm == algorithm in these tests
+            score = float(cell.seed) + (10.0 if cell.algorithm == "kl" else 0.0)
+            T = protocol.timesteps
+            results.append(CellResult([0, T], [0, T], [0.0, score], [T], [score]))
+        return results
 
-    return runner
+    return train
 
 
 def _study(tmp_path: Path, protocol: ablation.Protocol | None = None) -> optuna.Study:
     storage = open_storage(None, tmp_path)
-    return ablation.open_study(storage, "ablation", protocol or ablation.Protocol(100, 50, 1))
+    return ablation.open_ablation_study(storage, "ablation", protocol or ablation.Protocol(100, 50, 1))
 
 
 def _tasks(variants: tuple[str, ...] = ("clip", "kl"), seeds: int = 2, gamma: float = 0.9) -> list[ablation.CellTask]:
@@ -140,59 +187,74 @@ def _tasks(variants: tuple[str, ...] = ("clip", "kl"), seeds: int = 2, gamma: fl
 
 
 def _complete_per_cell(study: optuna.Study) -> Counter[str]:
-    return Counter(t.user_attrs["cell"]["key"] for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    return Counter(key for t in study.get_trials(states=(TrialState.COMPLETE,)) for key in t.user_attrs["results"])
 
 
-def test_duplicated_enqueues_still_run_every_cell_exactly_once(tmp_path: Path) -> None:
-    study, tasks = _study(tmp_path), _tasks()
+def _enqueue(study: optuna.Study, tasks: list[ablation.CellTask]) -> None:
+    study.enqueue_trial({}, user_attrs={"batch": [task.recipe() for task in tasks]})
+
+
+def test_duplicated_and_overlapping_batches_still_record_every_cell_exactly_once(tmp_path: Path) -> None:
+    study, tasks = _study(tmp_path), _tasks(seeds=3)
     for task in tasks:  # what two workers that enqueue at the same moment leave behind
-        study.enqueue_trial({}, user_attrs={"cell": task.recipe()})
-        study.enqueue_trial({}, user_attrs={"cell": task.recipe()})
+        _enqueue(study, [task])
+        _enqueue(study, [task])
+    _enqueue(study, tasks[:4])  # and batches of other compositions
+    _enqueue(study, tasks[2:])
     calls: list[str] = []
-    assert ablation.run_worker(study, runner=_fake_runner(calls)) == len(tasks)
+    assert ablation.run_ablation_worker(study, train=_fake_train(calls)) == len(tasks)
     assert sorted(calls) == sorted(task.key for task in tasks)
     assert _complete_per_cell(study) == Counter(task.key for task in tasks)
-    duplicates = [t for t in study.get_trials() if "duplicate_of" in t.user_attrs]
-    assert len(duplicates) == len(tasks) and all(t.state == TrialState.FAIL for t in duplicates)
+    skipped = [t for t in study.get_trials() if "duplicate_of" in t.user_attrs]
+    assert len(skipped) == len(tasks) + 2 and all(t.state == TrialState.PRUNED for t in skipped)
+    assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))
 
 
-def test_a_worker_yields_a_cell_that_a_lower_trial_holds(tmp_path: Path) -> None:
-    study, task = _study(tmp_path), _tasks()[0]
-    study.enqueue_trial({}, user_attrs={"cell": task.recipe()})
-    study.enqueue_trial({}, user_attrs={"cell": task.recipe()})
-    first = ablation.claim_next(study)  # worker A pops trial 0 and is running it
-    assert first is not None and first.number == 0
-    assert ablation.claim_next(study) is None  # worker B pops trial 1, sees trial 0 RUNNING, fails its own
-    assert study.trials[1].state == TrialState.FAIL and study.trials[1].user_attrs["duplicate_of"] == 0
-    assert ablation.enqueue_missing(study, [task]) == []  # a live RUNNING cell is not enqueued again
+def test_a_worker_skips_a_cell_that_a_lower_trial_holds(tmp_path: Path) -> None:
+    study, tasks = _study(tmp_path), _tasks()
+    _enqueue(study, tasks[:2])
+    _enqueue(study, tasks[1:3])
+    first = study.ask()  # worker A pops trial 0 and is running it
+    assert first.number == 0 and first.user_attrs["batch"]
+    calls: list[str] = []
+    assert ablation.run_ablation_worker(study, train=_fake_train(calls)) == 1  # worker B: trial 1, only its free cell
+    assert calls == [tasks[2].key]
+    assert study.trials[1].user_attrs["claimed"] == [tasks[2].key]
+    assert ablation.enqueue_missing(study, tasks[:3]) == []  # a live RUNNING cell is not enqueued again
+    assert ablation.grid_status(study, [t.key for t in tasks]) == {
+        tasks[0].key: "running",
+        tasks[1].key: "running",
+        tasks[2].key: "complete",
+        tasks[3].key: "missing",
+    }
 
 
 def test_resume_runs_only_missing_failed_and_dead_cells(tmp_path: Path) -> None:
     study, tasks = _study(tmp_path), _tasks(seeds=3)
-    assert len(ablation.enqueue_missing(study, tasks)) == 6
+    assert len(ablation.enqueue_missing(study, tasks, members_per_process=1)) == 6
     assert ablation.enqueue_missing(study, tasks) == []  # all WAITING already
     calls: list[str] = []
-    assert ablation.run_worker(study, runner=_fake_runner(calls), max_runs=2) == 2
-    done = {t.user_attrs["cell"]["key"]: t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert ablation.run_ablation_worker(study, train=_fake_train(calls), max_trials=2) == 2
+    done = {key: t.number for t in study.get_trials(states=(TrialState.COMPLETE,)) for key in t.user_attrs["results"]}
 
-    def broken(recipe: dict[str, Any], protocol: ablation.Protocol) -> dict[str, Any]:
+    def broken(cells: Any, protocol: RunProtocol) -> list[CellResult]:
         raise RuntimeError("diverged")
 
-    assert ablation.run_worker(study, runner=broken, max_runs=1) == 0  # one cell fails with an error ...
-    failed = [t for t in study.get_trials(states=(TrialState.FAIL,))]
-    assert len(failed) == 1 and "RuntimeError: diverged" in failed[0].user_attrs["error"]
+    assert ablation.run_ablation_worker(study, train=broken, max_trials=1) == 0  # one cell fails with an error ...
+    (failed,) = study.get_trials(states=(TrialState.FAIL,))
+    assert failed.user_attrs["fail_reason"] == "RuntimeError: diverged"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    crashed = ablation.claim_next(study)  # ... and one worker is killed while running one
-    assert crashed is not None
-    owner = {**crashed.user_attrs["owner"], "pid": int(dead.stdout)}
-    crashed.set_user_attr("owner", owner)
+    crashed = study.ask()  # ... and one worker is killed while running one
+    crashed.set_user_attr("worker", {**process_identity(), "pid": int(dead.stdout), "trial": crashed.number})
     assert study.trials[crashed.number].state == TrialState.RUNNING
 
     calls.clear()
-    again = ablation.enqueue_missing(study, tasks)  # the dead worker's trial is failed, both cells come back
+    again = ablation.enqueue_missing(study, tasks)  # the dead worker's trial is failed and retried, the failed cell queued
     assert study.trials[crashed.number].state == TrialState.FAIL
-    assert {t.key for t in again} == {failed[0].user_attrs["cell"]["key"], crashed.user_attrs["cell"]["key"]}
-    ablation.run_worker(study, runner=_fake_runner(calls))
+    assert [t.key for t in again] == [failed.user_attrs["batch"][0]["key"]]
+    (retry,) = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == crashed.number]
+    assert retry.state == TrialState.WAITING and retry.user_attrs["batch"] == crashed.user_attrs["batch"]
+    ablation.run_ablation_worker(study, train=_fake_train(calls))
     assert sorted(calls) == sorted(set(t.key for t in tasks) - set(done))  # nothing complete ran again
     assert _complete_per_cell(study) == Counter(t.key for t in tasks)
     results = ablation.collect_results(study)
@@ -207,12 +269,66 @@ def test_resume_runs_only_missing_failed_and_dead_cells(tmp_path: Path) -> None:
 def test_other_protocol_or_hyperparameters_on_the_same_study_are_refused(tmp_path: Path) -> None:
     study = _study(tmp_path)
     ablation.enqueue_missing(study, _tasks())
-    ablation.run_worker(study, runner=_fake_runner([]))
-    with pytest.raises(ablation.ProtocolMismatchError, match="timesteps 100 -> 200"):
+    ablation.run_ablation_worker(study, train=_fake_train([]))
+    with pytest.raises(StudyMismatchError, match="timesteps: stored 100, given 200"):
         _study(tmp_path, ablation.Protocol(200, 50, 1))
-    with pytest.raises(ablation.ProtocolMismatchError, match="cell clip\\|CartPole-v1\\|0 was run with"):
+    with pytest.raises(StudyMismatchError, match="cell clip\\|CartPole-v1\\|0 was run with"):
         ablation.enqueue_missing(study, _tasks(gamma=0.5))
     assert len(ablation.enqueue_missing(study, _tasks(variants=("clip", "kl", "clip_kl")))) == 2  # a grid may grow
+
+
+def test_batches_group_cells_of_one_env_and_shape_and_split_them_evenly() -> None:
+    source = {"CartPole-v1": {"n_steps": 32}, "Acrobot-v1": {"n_steps": 64}}
+    specs = [parse_variant(v) for v in ("clip", "kl", "clip_kl", "sb3_ppo")]
+    tasks = ablation.plan_cells(specs, ["CartPole-v1", "Acrobot-v1"], range(5), source, "test")
+    batches = ablation.make_batches(tasks, members_per_process=8)
+    for batch in batches:
+        assert len({t.env_id for t in batch}) == 1 and len(batch) <= 8
+        assert len({t.algorithm == "sb3_ppo" for t in batch}) == 1, "a baseline is never in a batch of variants"
+    # per env: 15 variant cells -> 2 batches (8 + 7), 5 baseline cells -> 1 batch
+    assert sorted(len(b) for b in batches) == [5, 5, 7, 7, 8, 8]
+    assert sorted(t.key for b in batches for t in b) == sorted(t.key for t in tasks)
+    assert sorted(len(b) for b in ablation.make_batches(tasks[:4], 8, min_batches=2)) == [2, 2]
+    with pytest.raises(ValueError, match="--members-per-process must be >= 1, got 0"):
+        ablation.make_batches(tasks, 0)
+
+
+def test_which_batches_could_be_a_population_and_why_the_others_run_solo() -> None:
+    plain = [Cell("clip", "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY, {"kl_coef": 0.5})]
+    assert population_blocker(plain) is None
+    assert batch_mode(plain) == ("solo", NO_POPULATION_TRAINER)
+    assert "trpo is not a plain variant" in population_blocker([*plain, Cell("trpo", "CartPole-v1", 0)])
+    assert "differ in ['n_steps']" in population_blocker([*plain, Cell("clip", "CartPole-v1", 2, {**TINY, "n_steps": 64})])
+    assert "several environments" in population_blocker([*plain, Cell("clip", "Acrobot-v1", 0, TINY)])
+    assert "gSDE" in population_blocker([Cell("clip", "Pendulum-v1", 0, {"use_sde": True})])
+    assert "is not MlpPolicy" in population_blocker([Cell("clip", "CartPole-v1", 0, {"policy": "CnnPolicy"})])
+
+
+def test_a_batch_trains_each_cell_as_it_would_train_alone() -> None:
+    protocol = RunProtocol(128, (0, 64, 128), n_eval_episodes=2)
+    alone = train_batch([Cell("clip_kl", "CartPole-v1", 1, TINY)], protocol)
+    together = train_batch([Cell("clip", "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY)], protocol)
+    assert together[1].as_attrs() | {"wall_time_s": 0} == alone[0].as_attrs() | {"wall_time_s": 0}
+    assert together[1].curve_nominal == [0, 64, 128] and together[1].curve_timesteps == [0, 64, 128]
+    assert together[1].episode_returns and together[0].curve_returns != together[1].curve_returns
+
+
+def test_a_batch_whose_training_raises_is_stored_failed_with_its_reason_and_the_worker_goes_on(tmp_path: Path) -> None:
+    study = _study(tmp_path, ablation.Protocol(64, 64, 1))
+    source = {"CartPole-v1": TINY}
+    good = ablation.plan_cells([parse_variant("clip")], ["CartPole-v1"], [0], source, "test")
+    bad = ablation.plan_cells(
+        [parse_variant("clip")], ["CartPole-v1"], [1], {"CartPole-v1": {**TINY, "clip_range": -0.1}}, "t"
+    )
+    _enqueue(study, bad)
+    _enqueue(study, good)
+    assert ablation.run_ablation_worker(study) == 1
+    failed, completed = study.trials
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_kind"] == "error"
+    assert "clip_range" in failed.user_attrs["fail_reason"] and "-0.1" in failed.user_attrs["fail_reason"]
+    assert completed.state == TrialState.COMPLETE and list(completed.user_attrs["results"]) == [good[0].key]
+    assert ablation.collect_results(study).failed == {bad[0].key: failed.user_attrs["fail_reason"]}
+    assert ablation.grid_status(study, [bad[0].key, good[0].key]) == {bad[0].key: "failed", good[0].key: "complete"}
 
 
 @pytest.mark.parametrize("value", [0, -1])
@@ -223,10 +339,11 @@ def test_protocol_refuses_non_positive_values(field: str, value: int) -> None:
         ablation.Protocol(**kwargs)
 
 
-def test_eval_schedule_ends_at_the_budget() -> None:
-    assert ablation.eval_schedule(ablation.Protocol(1000, 300)) == [300, 600, 900, 1000]
-    assert ablation.eval_schedule(ablation.Protocol(1000, 1000)) == [1000]
-    assert ablation.eval_schedule(ablation.Protocol(1000, 5000)) == [1000]
+def test_evaluation_points_start_at_zero_are_at_most_eval_freq_apart_and_end_at_the_budget() -> None:
+    assert ablation.Protocol(1000, 300).run_protocol.eval_points == (0, 250, 500, 750, 1000)
+    assert ablation.Protocol(1024, 512).run_protocol.eval_points == (0, 512, 1024)
+    assert ablation.Protocol(1000, 1000).run_protocol.eval_points == (0, 1000)
+    assert ablation.Protocol(1000, 5000).run_protocol.eval_points == (0, 1000)
 
 
 # ------------------------------------------------------------------------------------------------ the command
@@ -290,6 +407,15 @@ def test_hyperparams_that_do_not_build_fail_before_any_run(tmp_path: Path, capsy
     assert not (tmp_path / "out" / "study.log").exists()
 
 
+def test_a_report_of_a_study_without_results_says_so(tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "out"
+    assert main([*GRID, "--out", str(out), "--report-only"]) == 1
+    assert "4 of 4 runs are not complete" in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert "4 missing" in report and "No completed run." in report
+    assert len(pd.read_csv(out / "runs.csv")) == 0
+
+
 def _load(out: Path, storage: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name="ablation", storage=open_storage(storage, out))
 
@@ -320,23 +446,27 @@ def _wait_for_complete(out: Path, n: int, process: subprocess.Popen[str], timeou
 @pytest.mark.slow
 def test_tiny_grid_writes_everything_and_resumes_only_missing_runs_after_a_kill(tmp_path: Path, capsys: Any) -> None:
     out = tmp_path / "out"
-    process = _cli([*GRID, "--out", str(out)])
+    grid = [*GRID, "--members-per-process", "2", "--out", str(out)]  # two batches of two cells
+    process = _cli(grid)
     _wait_for_complete(out, 1, process)
     process.send_signal(signal.SIGKILL)  # interrupted hard: no chance to clean up
     process.wait()
     before = {
-        t.user_attrs["cell"]["key"]: (t.number, t.datetime_complete)
+        key: (t.number, t.datetime_complete)
         for t in _load(out).get_trials(states=(TrialState.COMPLETE,))
+        for key in t.user_attrs["results"]
     }
-    assert 1 <= len(before) < 4
+    assert len(before) == 2
 
-    assert main([*GRID, "--out", str(out)]) == 0
+    assert main(grid) == 0
     printed = capsys.readouterr().out
     assert f"{4 - len(before)} to run" in printed and f"report: {out / 'report.md'}" in printed
     study = _load(out)
     assert _complete_per_cell(study) == Counter({f"{v}|CartPole-v1|{s}": 1 for v in ("clip", "clip_kl") for s in (0, 1)})
     after = {
-        t.user_attrs["cell"]["key"]: (t.number, t.datetime_complete) for t in study.get_trials(states=(TrialState.COMPLETE,))
+        key: (t.number, t.datetime_complete)
+        for t in study.get_trials(states=(TrialState.COMPLETE,))
+        for key in t.user_attrs["results"]
     }
     assert all(after[key] == value for key, value in before.items())  # completed runs were not redone
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
@@ -355,6 +485,8 @@ def test_tiny_grid_writes_everything_and_resumes_only_missing_runs_after_a_kill(
         assert f"(plots/{figure})" in report
     assert "P(clip_kl > clip)" in report and "Seeds: [0, 1]" in report and "1024 timesteps per run" in report
     assert "stable-baselines3 2.9" in report or "stable-baselines3" in report
+    assert "- Batches: 2 batch(es), 4 cells: solo (the population trainer is not in this build)" in report
+    assert pd.read_csv(out / "batches.csv")["cells"].tolist() == [2, 2]
     statistics = pd.read_csv(out / "statistics.csv")
     assert set(statistics["env_id"]) == {"CartPole-v1", "aggregate"} and len(statistics) == 2 * 2 * 3
 
@@ -365,21 +497,22 @@ def test_two_local_workers_run_every_cell_exactly_once(tmp_path: Path) -> None:
     assert main([*GRID, "--workers", "2", "--out", str(out)]) == 0
     study = _load(out)
     assert _complete_per_cell(study) == Counter({f"{v}|CartPole-v1|{s}": 1 for v in ("clip", "clip_kl") for s in (0, 1)})
-    owners = {t.user_attrs["owner"]["pid"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
-    assert os.getpid() not in owners  # run by the spawned workers, not by the command itself
+    workers = {t.user_attrs["worker"]["pid"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(workers) == 2 and os.getpid() not in workers  # run by both spawned workers, not by the command itself
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_two_commands_on_one_postgresql_study_run_every_cell_exactly_once(tmp_path: Path, postgres_url: str) -> None:
     # Two machines started together: both create the tables and the study, both enqueue the grid, both claim.
-    processes = [_cli([*GRID, "--storage", postgres_url, "--out", str(tmp_path / f"m{i}")]) for i in range(2)]
+    grid = [*GRID, "--members-per-process", "1", "--storage", postgres_url]  # four batches: both machines claim cells
+    processes = [_cli([*grid, "--out", str(tmp_path / f"m{i}")]) for i in range(2)]
     outputs = [process.communicate(timeout=300)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
     study = optuna.load_study(study_name="ablation", storage=postgres_url)
     assert _complete_per_cell(study) == Counter({f"{v}|CartPole-v1|{s}": 1 for v in ("clip", "clip_kl") for s in (0, 1)})
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     for i in range(2):  # the first to finish may have reported while the other still ran its last cell
-        assert 1 <= len(pd.read_csv(tmp_path / f"m{i}" / "runs.csv")) <= 4
+        assert len(pd.read_csv(tmp_path / f"m{i}" / "runs.csv")) <= 4
     assert main([*GRID, "--storage", postgres_url, "--out", str(tmp_path / "report"), "--report-only"]) == 0
     assert len(pd.read_csv(tmp_path / "report" / "runs.csv")) == 4

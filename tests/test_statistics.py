@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sb3_ppo_variants.experiments.reference import load_reference_scores, normalize
-from sb3_ppo_variants.experiments.statistics import (
+from sb3_ppo_variants.studies.reference import load_reference_scores, normalize
+from sb3_ppo_variants.studies.statistics import (
     AGGREGATE,
     curve_intervals,
     interval_estimates,

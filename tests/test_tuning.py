@@ -23,8 +23,14 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from sb3_ppo_variants import VARIANTS
-from sb3_ppo_variants.experiments import tuning
-from sb3_ppo_variants.experiments.search_spaces import (
+from sb3_ppo_variants.hyperparams import load_hyperparams, make_model
+from sb3_ppo_variants.schedules import as_schedule
+from sb3_ppo_variants.studies import runner, tuning
+from sb3_ppo_variants.studies.cli.tune import main
+from sb3_ppo_variants.studies.liveness import process_identity, recover_stale_trials
+from sb3_ppo_variants.studies.outputs import fail_reasons
+from sb3_ppo_variants.studies.runner import counts_toward_cap, n_counted, run_worker
+from sb3_ppo_variants.studies.search_spaces import (
     ENT_SCHEDULES,
     EXPONENTIAL_END_RATIO,
     SEARCH_SPACES,
@@ -33,20 +39,8 @@ from sb3_ppo_variants.experiments.search_spaces import (
     params_to_kwargs,
     suggest_params,
 )
-from sb3_ppo_variants.experiments.storage import open_storage
-from sb3_ppo_variants.experiments.tune_cli import main
-from sb3_ppo_variants.experiments.tuning import (
-    Objective,
-    TuningSettings,
-    counts_toward_total,
-    n_counted,
-    open_study,
-    process_identity,
-    recover_dead_trials,
-    run_trials,
-)
-from sb3_ppo_variants.hyperparams import load_hyperparams, make_model
-from sb3_ppo_variants.schedules import as_schedule
+from sb3_ppo_variants.studies.storage import StudyMismatchError, open_storage
+from sb3_ppo_variants.studies.tuning import TuningSettings, open_tuning_study, tuning_objective
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE = str(REPO / "tuning" / "tune.py")
@@ -169,6 +163,15 @@ def test_check_combination_refuses_a_rollout_larger_than_the_budget():
 # --- bookkeeping: counting, the cap, dead workers (no training) --------------------------------------
 
 
+def open_study(storage: Any, name: str, settings: TuningSettings, **kwargs: Any) -> optuna.Study:
+    return open_tuning_study(storage, name, settings, **kwargs)
+
+
+def run_trials(study: optuna.Study, settings: TuningSettings, n_trials: int, max_total_trials: int | None = None) -> int:
+    """One worker of a tuning study, as the command runs it."""
+    return run_worker(study, tuning_objective(settings, max_total_trials), n_trials)
+
+
 def _settings(variant: str = "clip", **overrides: Any) -> TuningSettings:
     values: dict[str, Any] = {
         "variant": variant,
@@ -188,7 +191,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("this test must not train")
 
-    monkeypatch.setattr(tuning, "SeededRun", refuse)
+    monkeypatch.setattr(runner, "SeededRun", refuse)
 
 
 def _finished(state: TrialState, **user_attrs: Any) -> optuna.trial.FrozenTrial:
@@ -202,12 +205,12 @@ def _finished(state: TrialState, **user_attrs: Any) -> optuna.trial.FrozenTrial:
 
 
 def test_which_trials_count_toward_the_cap():
-    assert counts_toward_total(_finished(TrialState.COMPLETE))
-    assert counts_toward_total(_finished(TrialState.PRUNED))
-    assert counts_toward_total(_finished(TrialState.FAIL, fail_kind="error"))
-    for kind in ("worker_died", "interrupted", "over_cap"):
-        assert not counts_toward_total(_finished(TrialState.FAIL, fail_kind=kind))
-    assert not counts_toward_total(_finished(TrialState.FAIL))  # failed by Optuna's heartbeat: retried
+    assert counts_toward_cap(_finished(TrialState.COMPLETE))
+    assert counts_toward_cap(_finished(TrialState.PRUNED))
+    assert counts_toward_cap(_finished(TrialState.FAIL, fail_kind="error"))
+    for kind in ("interrupted", "over_cap"):
+        assert not counts_toward_cap(_finished(TrialState.FAIL, fail_kind=kind))
+    assert not counts_toward_cap(_finished(TrialState.FAIL))  # failed for a dead or silent worker: retried
 
 
 def test_a_trial_beyond_the_cap_is_not_trained(no_training):
@@ -215,7 +218,7 @@ def test_a_trial_beyond_the_cap_is_not_trained(no_training):
     study.add_trial(_finished(TrialState.COMPLETE))
     study.add_trial(_finished(TrialState.FAIL, fail_kind="error"))
     study.add_trial(_finished(TrialState.FAIL, fail_kind="worker_died"))  # does not count
-    study.optimize(Objective(_settings(), max_total_trials=2), n_trials=3)
+    study.optimize(tuning_objective(_settings(), max_total_trials=2), n_trials=3)
     extra = study.trials[3:]
     assert len(extra) == 1, "the worker stops at the cap"
     assert extra[0].state == TrialState.FAIL and extra[0].user_attrs["fail_kind"] == "over_cap"
@@ -229,7 +232,7 @@ def test_run_trials_does_nothing_on_a_full_study(tmp_path, no_training):
     study = open_study(storage, "full", settings)
     for _ in range(3):
         study.add_trial(_finished(TrialState.COMPLETE))
-    assert run_trials(study, storage, settings, n_trials=5, max_total_trials=3, show_progress_bar=False) == 0
+    assert run_trials(study, settings, n_trials=5, max_total_trials=3) == 0
     assert len(study.trials) == 3
 
 
@@ -237,7 +240,7 @@ def test_a_study_is_resumed_only_with_its_own_settings(tmp_path):
     storage = open_storage(None, tmp_path)
     open_study(storage, "s", _settings())
     open_study(storage, "s", _settings())  # same settings: resumes
-    with pytest.raises(tuning.StudyMismatchError, match=r"timesteps: stored 1024, given 2048"):
+    with pytest.raises(StudyMismatchError, match=r"timesteps: stored 1024, given 2048"):
         open_study(storage, "s", _settings(timesteps=2048))
 
 
@@ -247,7 +250,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def test_recover_dead_trials_fails_and_requeues_only_trials_of_dead_local_workers(tmp_path):
+def test_recover_stale_trials_fails_and_requeues_only_trials_of_dead_local_workers(tmp_path):
     storage = open_storage(None, tmp_path)
     study = open_study(storage, "s", _settings())
     distribution = {"clip_range": FloatDistribution(0.05, 0.4)}
@@ -260,19 +263,23 @@ def test_recover_dead_trials_fails_and_requeues_only_trials_of_dead_local_worker
     numbers = {}
     for name, worker in workers.items():
         trial = study.ask(distribution)
-        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("worker", {**worker, "trial": trial.number})
         numbers[name] = trial.number
-    recovered = recover_dead_trials(study, storage)
+    unmarked = study.ask(distribution).number  # a worker killed before it wrote its identity: given a grace period
+    recovered = recover_stale_trials(study)
     assert sorted(recovered) == sorted([numbers["dead"], numbers["reused pid"]])
     trials = study.get_trials()
+    reasons = fail_reasons(study)
     for name in ("dead", "reused pid"):
         failed = trials[numbers[name]]
-        assert failed.state == TrialState.FAIL and failed.user_attrs["fail_kind"] == "worker_died"
+        assert failed.state == TrialState.FAIL
         retry = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
         assert len(retry) == 1 and retry[0].state == TrialState.WAITING and retry[0].params == failed.params
+        assert reasons[failed.number] == f"its worker died or stopped beating mid-trial (run again as trial {retry[0].number})"
     for name in ("alive", "other host"):
         assert trials[numbers[name]].state == TrialState.RUNNING
-    assert recover_dead_trials(study, storage) == [], "a second pass finds nothing more"
+    assert trials[unmarked].state == TrialState.RUNNING
+    assert recover_stale_trials(study) == [], "a second pass finds nothing more"
 
 
 # --- bad input: a clear error before any training ------------------------------------------------------
@@ -320,7 +327,7 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_p
     study = open_study(storage, "s", settings, sampler_seed=0)
     study.enqueue_trial({"clip_range": -0.1})  # refused by the constructor
     study.enqueue_trial({"clip_range": 0.2, "ent_coef": 0.01, "ent_schedule": "linear"})
-    assert run_trials(study, storage, settings, n_trials=2, show_progress_bar=False) == 2
+    assert run_trials(study, settings, n_trials=2) == 2
     failed, completed = study.trials
     assert failed.state == TrialState.FAIL and failed.user_attrs["fail_kind"] == "error"
     assert "clip_range" in failed.user_attrs["fail_reason"] and "-0.1" in failed.user_attrs["fail_reason"]
@@ -334,7 +341,7 @@ def test_an_invalid_combination_is_pruned_with_its_reason_without_training(tmp_p
     settings = _settings(wide=True, hyperparams={"n_envs": 1})
     study = open_study(storage, "s", settings)
     study.enqueue_trial({"n_steps_pow": 5, "batch_size_pow": 9})
-    run_trials(study, storage, settings, n_trials=1, show_progress_bar=False)
+    run_trials(study, settings, n_trials=1)
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED and "batch_size=512" in trial.user_attrs["prune_reason"]
 
@@ -351,12 +358,12 @@ def test_an_interrupted_trial_is_failed_and_its_parameters_are_enqueued_for_the_
             closed.append(True)
 
     closed: list[bool] = []
-    monkeypatch.setattr(tuning, "SeededRun", Interrupted)
+    monkeypatch.setattr(runner, "SeededRun", Interrupted)
     storage = open_storage(None, tmp_path)
     settings = _settings()
     study = open_study(storage, "s", settings, sampler_seed=0)
     with pytest.raises(KeyboardInterrupt):
-        run_trials(study, storage, settings, n_trials=3, show_progress_bar=False)
+        run_trials(study, settings, n_trials=3)
     interrupted, retry = study.get_trials()
     assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_kind"] == "interrupted"
     assert retry.state == TrialState.WAITING and retry.params == interrupted.params
@@ -375,7 +382,7 @@ def test_median_pruner_prunes_a_trial_that_is_clearly_worse(tmp_path):
     study = open_study(storage, "s", settings, sampler_seed=0, pruner=pruner)
     for learning_rate in (3e-3, 2e-3, 1.0):
         study.enqueue_trial({"clip_range": 0.2, "learning_rate": learning_rate})
-    run_trials(study, storage, settings, n_trials=3, show_progress_bar=False)
+    run_trials(study, settings, n_trials=3)
     good, good2, bad = study.trials
     assert good.state == good2.state == TrialState.COMPLETE
     assert bad.state == TrialState.PRUNED, (bad.intermediate_values, good.intermediate_values, good2.intermediate_values)
@@ -498,7 +505,8 @@ def test_killing_a_worker_and_running_the_command_again_resumes_the_study(tmp_pa
     kept = after[0]
     assert (kept.state, kept.value, kept.params) == (before[0].state, before[0].value, before[0].params)
     killed = after[1]
-    assert killed.state == TrialState.FAIL and killed.user_attrs["fail_kind"] == "worker_died"
+    assert killed.state == TrialState.FAIL
+    assert "trial 1: its worker died" in (out / "summary.md").read_text()
     retries = [t for t in after if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retries) == 1 and retries[0].params == killed.params and retries[0].state == TrialState.COMPLETE
     assert retries[0].user_attrs["worker"]["pid"] != before[1].user_attrs["worker"]["pid"], "run by the new process"

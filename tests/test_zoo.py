@@ -16,7 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from sb3_ppo_variants import VARIANTS
-from sb3_ppo_variants.experiments.search_spaces import SEARCH_SPACES
+from sb3_ppo_variants.studies.search_spaces import SEARCH_SPACES
 from sb3_ppo_variants.zoo import ZooSampler, _with_default_config, convert_params, default_config, register
 
 pytest.importorskip("rl_zoo3")

@@ -2,7 +2,7 @@
 
 import sys
 
-from sb3_ppo_variants.experiments.tune_cli import main
+from sb3_ppo_variants.studies.cli.tune import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sb3_ppo_variants.experiments.statistics import AGGREGATE, METRICS
+from sb3_ppo_variants.studies.statistics import AGGREGATE, METRICS
 
 __all__ = ["plot_improvement", "plot_intervals", "plot_learning_curves", "slug"]
 
@@ -47,7 +47,7 @@ def _pad(ax: Axes, rows: pd.DataFrame) -> None:
 def plot_learning_curves(curve_stats: pd.DataFrame, curves: pd.DataFrame, env_id: str, path: str | Path) -> Path:
     """IQM over seeds of the evaluation return against timesteps, a 95% bootstrap band, and each seed faintly.
 
-    :param curve_stats: :func:`~sb3_ppo_variants.experiments.statistics.curve_intervals` rows
+    :param curve_stats: :func:`~sb3_ppo_variants.studies.statistics.curve_intervals` rows
     :param curves: the raw evaluation rows (variant, env_id, seed, nominal, eval_return)
     """
     stats = curve_stats[curve_stats["env_id"] == env_id]

@@ -13,10 +13,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sb3_ppo_variants.experiments.ablation import AblationResults
-from sb3_ppo_variants.experiments.factorial import VariantSpec
-from sb3_ppo_variants.experiments.reference import ReferenceScore
-from sb3_ppo_variants.experiments.statistics import AGGREGATE, METRICS, AblationStatistics
+from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET
+from sb3_ppo_variants.studies.ablation import AblationResults
+from sb3_ppo_variants.studies.arms import VariantSpec
+from sb3_ppo_variants.studies.reference import ReferenceScore
+from sb3_ppo_variants.studies.registry import algorithm_class
+from sb3_ppo_variants.studies.statistics import AGGREGATE, METRICS, AblationStatistics
 
 __all__ = ["PACKAGES", "ReportContext", "package_versions", "write_report"]
 
@@ -150,11 +152,13 @@ def _summary(results: AblationResults, stats: AblationStatistics, context: Repor
 def _protocol(results: AblationResults, stats: AblationStatistics, context: ReportContext) -> list[str]:
     protocol = results.protocol
     lines = [
-        f"- Seeds: {context.seeds} (training envs and model seeded with the seed; evaluation env with seed + 1000003).",
+        f"- Seeds: {context.seeds} (training envs and model seeded with the seed; evaluation env with seed + "
+        f"{EVAL_SEED_OFFSET}).",
         f"- Budget: {protocol.timesteps} timesteps per run (rounded up to whole rollouts); the schedules run over the "
         "whole budget; an rl-zoo3 entry's `n_timesteps` is ignored.",
-        f"- Evaluation: at 0, every {protocol.eval_freq} timesteps and at the end, {protocol.n_eval_episodes} "
-        "deterministic episodes on a separate evaluation env; the curve point is their mean return.",
+        f"- Evaluation: at {list(protocol.run_protocol.eval_points)} timesteps (evenly spaced, at most --eval-freq "
+        f"{protocol.eval_freq} apart), {protocol.n_eval_episodes} deterministic episodes on a separate evaluation env; "
+        "the curve point is their mean return.",
         "- Final score of a run: its last evaluation (at the end of the budget). Training-episode returns (Monitor, "
         "stochastic policy) are kept in `episodes.csv` but not used in the statistics.",
         f"- Statistics: rliable {package_versions()['rliable']}: mean, median and IQM (25% trimmed mean) of the final "
@@ -163,8 +167,9 @@ def _protocol(results: AblationResults, stats: AblationStatistics, context: Repo
         "independent bootstrap CI. Per environment on raw returns; over environments on min-max normalised scores. "
         "rliable's median is the median over environments of the per-environment mean, so for one environment it "
         "equals the mean.",
-        f"- Storage: `{context.storage}`, study `{context.study_name}` (each run is one trial; rerunning the command "
-        "runs only the missing cells).",
+        f"- Storage: `{context.storage}`, study `{context.study_name}` (each trial is a batch of cells; rerunning the "
+        "command runs only the missing cells).",
+        *_batches(results),
         f"- Command: `{context.command}`",
         "",
         "### Variants",
@@ -173,10 +178,11 @@ def _protocol(results: AblationResults, stats: AblationStatistics, context: Repo
     rows = []
     for spec in context.specs:
         recipe = next((r for r in results.recipes.values() if r["variant"] == spec.name), None)
+        algorithm = recipe["algorithm"] if recipe else spec.algorithm  # a label's algorithm is known from its cells
         rows.append(
             [
                 spec.name,
-                spec.algorithm_class().__name__,
+                algorithm_class(algorithm).__name__ if algorithm else "-",
                 spec.components.get("surrogate", "-"),
                 spec.components.get("kl_penalty", "-"),
                 spec.components.get("entropy", "-"),
@@ -223,6 +229,18 @@ def _protocol(results: AblationResults, stats: AblationStatistics, context: Repo
         "runs with their std over evaluation episodes, not over seeds, and after their own (larger) budgets.",
     ]
     lines += [f"- {note}" for note in stats.notes]
+    return lines
+
+
+def _batches(results: AblationResults) -> list[str]:
+    """How the batches were trained: as populations, or solo and why (``batches.csv`` has one row per batch)."""
+    frame = results.batches
+    if frame.empty:
+        return []
+    lines = []
+    for (mode, why), rows in frame.groupby(["mode", "why"], dropna=False, sort=False):
+        text = f"{len(rows)} batch(es), {int(rows['cells'].sum())} cells: {mode}"
+        lines.append(f"- Batches: {text}" + (f" ({why})" if isinstance(why, str) and why else ""))
     return lines
 
 

@@ -21,10 +21,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET, evaluation_points
+from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET
 from sb3_ppo_variants.hyperparams import make_env, make_model, split_hyperparams
 
-__all__ = ["EVAL_SEED_OFFSET", "SeededRun", "evaluation_points"]
+__all__ = ["SeededRun"]
 
 
 def _get_rng() -> tuple[Any, Any, Any]:
@@ -41,7 +41,7 @@ def _set_rng(state: tuple[Any, Any, Any]) -> None:
 class SeededRun:
     """One (variant, env, seed) training run with its own random streams and a separate evaluation env.
 
-    :param variant: a ``VARIANTS`` key, ``"sb3_ppo"``, ``"trpo"`` or an algorithm class
+    :param variant: a name of :mod:`~sb3_ppo_variants.studies.registry` or an algorithm class
     :param env_id: gymnasium id
     :param seed: training seed; the evaluation env uses ``seed + EVAL_SEED_OFFSET``
     :param total_timesteps: the budget the schedules are computed against

@@ -2,7 +2,7 @@
 
 - Point estimates and 95% stratified bootstrap confidence intervals of the mean, the median and the IQM
   (interquartile mean) of the final scores: per environment on the raw returns, and over environments on
-  min-max normalised scores (see :mod:`sb3_ppo_variants.experiments.reference`).
+  min-max normalised scores (see :mod:`sb3_ppo_variants.studies.reference`).
 - The probability of improvement P(X > Y) of each variant X over a baseline Y (the Mann-Whitney U statistic
   averaged over environments), with its stratified independent bootstrap interval.
 - Learning curves: the IQM over seeds at each evaluation point, with its bootstrap interval.
@@ -23,7 +23,7 @@ import pandas as pd
 from rliable import library as rly
 from rliable import metrics
 
-from sb3_ppo_variants.experiments.reference import ReferenceScore
+from sb3_ppo_variants.studies.reference import ReferenceScore
 
 __all__ = [
     "AGGREGATE",

@@ -1,8 +1,9 @@
 """``python tuning/tune.py`` / ``sb3pv-tune``: tune a variant's epsilon, beta and entropy coefficient with Optuna.
 
 Thin: parse and validate the arguments (all of them, before any training), then call
-:mod:`sb3_ppo_variants.experiments.tuning`. Running the same command again resumes the study; with
-``--max-total-trials`` it finishes it, whichever machines share the storage.
+:mod:`sb3_ppo_variants.studies.tuning` and the study runner (:mod:`sb3_ppo_variants.studies.runner`).
+Running the same command again resumes the study; with ``--max-total-trials`` it finishes it, whichever machines
+share the storage.
 """
 
 from __future__ import annotations
@@ -16,19 +17,11 @@ from typing import Any
 import gymnasium as gym
 
 from sb3_ppo_variants import VARIANTS
-from sb3_ppo_variants.experiments.search_spaces import check_combination
-from sb3_ppo_variants.experiments.storage import StorageError, open_storage, storage_label
-from sb3_ppo_variants.experiments.tuning import (
-    PRUNERS,
-    SAMPLERS,
-    StudyMismatchError,
-    TuningSettings,
-    make_pruner,
-    n_counted,
-    open_study,
-    run_trials,
-    write_outputs,
-)
+from sb3_ppo_variants.studies.outputs import write_tuning_outputs
+from sb3_ppo_variants.studies.runner import n_counted, run_worker
+from sb3_ppo_variants.studies.search_spaces import check_combination
+from sb3_ppo_variants.studies.storage import StorageError, StudyMismatchError, open_storage, storage_label
+from sb3_ppo_variants.studies.tuning import PRUNERS, SAMPLERS, TuningSettings, make_pruner, open_tuning_study, tuning_objective
 
 __all__ = ["build_parser", "main"]
 
@@ -192,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.n_evaluations // 3 if args.n_warmup_evaluations is None else args.n_warmup_evaluations
     pruner = make_pruner(args.pruner, settings, args.n_startup_trials, warmup)
     try:
-        study = open_study(storage, study_name, settings, args.sampler, args.sampler_seed, pruner, args.n_startup_trials)
+        study = open_tuning_study(
+            storage, study_name, settings, args.sampler, args.sampler_seed, pruner, args.n_startup_trials
+        )
     except StudyMismatchError as error:
         parser.error(str(error))
     label = storage_label(args.storage, out)
@@ -206,11 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study {study_name!r} in {label}: {n_counted(study)} trials{cap} so far; this run: up to {args.n_trials}")
     interrupted = False
     try:
-        run_trials(study, storage, settings, args.n_trials, args.max_total_trials, show_progress_bar=not args.no_progress_bar)
+        objective = tuning_objective(settings, args.max_total_trials)
+        run_worker(study, objective, args.n_trials, show_progress_bar=not args.no_progress_bar)
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: run the same command again to resume the study", file=sys.stderr)
-    written = write_outputs(study, settings, out, label)
+    written = write_tuning_outputs(study, settings, out, label)
     print(f"{n_counted(study)} trials in the study; summary: {written['summary']}")
     return 130 if interrupted else 0
 

@@ -1,4 +1,6 @@
-"""Optuna storages: an embedded file by default, PostgreSQL (or any SQLAlchemy URL) for several machines.
+"""Where a study lives, and opening it: one storage argument, one protocol check, one mismatch error.
+
+Storages: an embedded file by default, PostgreSQL (or any SQLAlchemy URL) for several machines.
 
 - ``None`` or a path ending in ``.log``: an Optuna journal file (safe for several local processes).
 - a path ending in ``.db`` or a ``sqlite:///`` URL: SQLite.
@@ -8,21 +10,40 @@
 Several workers started at the same moment on an empty PostgreSQL database race while creating
 Optuna's tables (seen here: ``UniqueViolation ... pg_type_typname_nsp_index``); :func:`open_storage`
 absorbs that by retrying.
+
+A study stores its *protocol* -- what makes its trials comparable (budget, seeds, evaluation, fixed
+settings) -- in its user attributes; :func:`open_study` refuses to resume it with another one
+(:class:`StudyMismatchError`, naming each field that differs).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
-__all__ = ["DEFAULT_STORAGE_NAME", "StorageError", "open_storage", "storage_label"]
+__all__ = [
+    "DEFAULT_STORAGE_NAME",
+    "MAX_RETRY",
+    "StorageError",
+    "StudyMismatchError",
+    "open_storage",
+    "open_study",
+    "protocol_of",
+    "storage_label",
+]
 
 DEFAULT_STORAGE_NAME = "study.log"
+#: How many times a trial whose worker died (or stopped beating) is enqueued again.
+MAX_RETRY = 2
 
 
 class StorageError(ValueError):
@@ -48,7 +69,7 @@ def open_storage(
     storage: str | None,
     out_dir: str | Path = ".",
     heartbeat_interval: int = 60,
-    max_retry: int = 2,
+    max_retry: int = MAX_RETRY,
     attempts: int = 8,
 ) -> BaseStorage:
     """Open (creating if needed) the storage of a study.
@@ -106,9 +127,59 @@ def open_storage(
     )
 
 
-def _silence_experimental_warnings() -> None:
-    import warnings
+class StudyMismatchError(ValueError):
+    """The study in the storage was created with another protocol (or another recipe for a finished cell)."""
 
+
+def _as_json(value: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(value)))
+
+
+def protocol_of(study: optuna.Study) -> dict[str, Any]:
+    """The protocol stored with ``study`` (see :func:`open_study`)."""
+    return dict(study.user_attrs["protocol"])
+
+
+def open_study(
+    storage: BaseStorage,
+    study_name: str,
+    protocol: Mapping[str, Any],
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Create the study (direction: maximize), or load it to resume; refuse it when its protocol differs.
+
+    Several workers may open the same new study at once: the first protocol written is the study's.
+
+    :param protocol: JSON-able settings every trial of the study shares
+    :raises StudyMismatchError: naming each field that differs, with the stored and the given value
+    """
+    study = optuna.create_study(
+        storage=storage, study_name=study_name, direction="maximize", load_if_exists=True, sampler=sampler, pruner=pruner
+    )
+    wanted = _as_json(protocol)
+    stored = study.user_attrs.get("protocol")
+    if stored is None:
+        try:
+            study.set_user_attr("protocol", wanted)
+        except Exception:  # two workers creating the study together: the other one's write won; read it
+            pass
+        stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs.get("protocol", wanted)
+    if stored != wanted:
+        differences = ", ".join(
+            f"{key}: stored {stored.get(key)!r}, given {wanted.get(key)!r}"
+            for key in sorted(set(stored) | set(wanted))
+            if stored.get(key) != wanted.get(key)
+        )
+        raise StudyMismatchError(
+            f"study {study_name!r} in this storage was created with other settings ({differences}); resume it with the "
+            "same settings, or choose another --study-name, --out or --storage"
+        )
+    return study
+
+
+def _silence_experimental_warnings() -> None:
+    # RetryHeartbeatStaleTrialCallback and RDBStorage's heartbeat arguments are experimental since Optuna 2.8.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 

@@ -5,16 +5,16 @@ Example (about 5 minutes on 2 cores)::
     python tuning/ablate.py --envs CartPole-v1 --variants clip kl adaptive_kl clip_kl --seeds 3 \\
         --timesteps 30000 --out runs/ablation-cartpole
 
-Every run is one trial of an Optuna study in ``--storage`` (default: the journal file ``OUT/study.log``), so an
-interrupted command resumes where it stopped, and the same command on several machines with
-``--storage postgresql://...`` shares the grid, each run done once. See :mod:`sb3_ppo_variants.experiments.ablation`.
+Every batch of runs (cells of one env, up to ``--members-per-process``) is one trial of an Optuna study in
+``--storage`` (default: the journal file ``OUT/study.log``), so an interrupted command resumes where it stopped,
+and the same command on several machines with ``--storage postgresql://...`` shares the grid, each run recorded
+once. See :mod:`sb3_ppo_variants.studies.ablation`.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
-import shlex
 import sys
 import tempfile
 import time
@@ -28,17 +28,19 @@ import optuna
 import torch as th
 import yaml
 
-from sb3_ppo_variants.experiments import ablation, plots, report, statistics
-from sb3_ppo_variants.experiments.factorial import (
+from sb3_ppo_variants.hyperparams import make_model
+from sb3_ppo_variants.studies import ablation
+from sb3_ppo_variants.studies.arms import (
     DEFAULT_ENT_COEF,
     DEFAULT_ENT_SCHEDULE,
     VariantSpec,
     factorial_names,
+    label_names,
     parse_variant,
 )
-from sb3_ppo_variants.experiments.reference import ReferenceScore, load_reference_scores
-from sb3_ppo_variants.experiments.storage import StorageError, open_storage, storage_label
-from sb3_ppo_variants.hyperparams import make_model
+from sb3_ppo_variants.studies.outputs import write_ablation_outputs
+from sb3_ppo_variants.studies.reference import ReferenceScore, load_reference_scores
+from sb3_ppo_variants.studies.storage import StorageError, StudyMismatchError, open_storage, storage_label
 
 __all__ = ["build_parser", "main"]
 
@@ -57,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="NAME",
-        help="named variants (clip kl adaptive_kl clip_kl), baselines (sb3_ppo trpo) or factorial cells such as "
-        "clip+adaptive_kl+ent_sched (grammar: sb3_ppo_variants.experiments.factorial)",
+        help="named variants (clip kl adaptive_kl clip_kl), baselines (sb3_ppo trpo maskable_ppo recurrent_ppo), "
+        "factorial cells such as clip+adaptive_kl+ent_sched, or labels defined in --hyperparams "
+        "(grammar: sb3_ppo_variants.studies.arms)",
     )
     parser.add_argument(
         "--factorial",
@@ -67,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int, default=3, metavar="K", help="seeds 0..K-1 per variant and env (default 3)")
     parser.add_argument("--timesteps", type=int, default=30_000, metavar="T", help="training budget per run (default 30000)")
-    parser.add_argument("--eval-freq", type=int, default=5_000, metavar="N", help="evaluate every N timesteps (default 5000)")
+    parser.add_argument(
+        "--eval-freq",
+        type=int,
+        default=5_000,
+        metavar="N",
+        help="evaluate at 0 and at evenly spaced points at most N timesteps apart, the last at the end (default 5000)",
+    )
     parser.add_argument("--n-eval-episodes", type=int, default=10, help="deterministic episodes per evaluation (default 10)")
     parser.add_argument(
         "--hyperparams",
@@ -82,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="*.log (journal), *.db (SQLite) or a database URL; default OUT/study.log")
     parser.add_argument("--study-name", default=ablation.DEFAULT_STUDY_NAME, help="default 'ablation'")
     parser.add_argument("--workers", type=int, default=1, metavar="W", help="local worker processes (default 1)")
+    parser.add_argument(
+        "--members-per-process",
+        type=int,
+        default=ablation.DEFAULT_MEMBERS_PER_PROCESS,
+        metavar="M",
+        help="cells of one env trained together in one trial, at most (default "
+        f"{ablation.DEFAULT_MEMBERS_PER_PROCESS}); the grid is split into at least W batches per env where it can be",
+    )
     parser.add_argument(
         "--torch-threads",
         type=int,
@@ -161,11 +178,8 @@ def _check_builds(tasks: list[ablation.CellTask]) -> None:
         if (task.variant, task.env_id) in seen:
             continue
         seen.add((task.variant, task.env_id))
-        recipe = task.recipe()
         try:
-            model = make_model(
-                ablation.algorithm_of(recipe), task.env_id, recipe["hyperparams"], seed=0, **recipe["model_kwargs"]
-            )
+            model = make_model(task.algorithm, task.env_id, task.hyperparams, seed=0, **task.model_kwargs)
         except Exception as error:
             raise ValueError(
                 f"--variants {task.variant} on {task.env_id} with hyperparameters from {task.hyperparams_source} "
@@ -176,28 +190,29 @@ def _check_builds(tasks: list[ablation.CellTask]) -> None:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Validate every argument and open the study; raises ValueError (naming the argument) before any run."""
-    for name in ("seeds", "timesteps", "eval_freq", "n_eval_episodes", "workers", "torch_threads", "bootstrap_reps"):
+    positive = ("seeds", "timesteps", "eval_freq", "n_eval_episodes", "workers", "members_per_process", "torch_threads")
+    for name in (*positive, "bootstrap_reps"):
         _positive(name.replace("_", "-"), getattr(args, name))
-    names = list(dict.fromkeys([*args.variants, *(factorial_names() if args.factorial else [])]))
-    if not names:
-        raise ValueError("--variants: give at least one name (or --factorial)")
-    specs = [parse_variant(name, args.ent_coef, args.ent_schedule) for name in names]
     envs = list(dict.fromkeys(args.envs))
     for env_id in envs:
         _check_env(env_id)
+    source, label = _load_hyperparams(args.hyperparams, envs)
+    names = list(dict.fromkeys([*args.variants, *(factorial_names() if args.factorial else [])]))
+    if not names:
+        raise ValueError("--variants: give at least one name (or --factorial)")
+    specs = [parse_variant(name, args.ent_coef, args.ent_schedule, label_names(source)) for name in names]
     if args.baseline is not None and args.baseline not in names:
         raise ValueError(f"--baseline must be one of --variants {names}, got {args.baseline!r}")
     references = load_reference_scores(args.reference_scores)
     protocol = ablation.Protocol(args.timesteps, args.eval_freq, args.n_eval_episodes)
     out = Path(args.out)
     _check_out(out)
-    source, label = _load_hyperparams(args.hyperparams, envs)
     seeds = list(range(args.seeds))
     tasks = ablation.plan_cells(specs, envs, seeds, source, label)
     if not args.report_only:
         _check_builds(tasks)
     storage = open_storage(args.storage, out)
-    study = ablation.open_study(storage, args.study_name, protocol)
+    study = ablation.open_ablation_study(storage, args.study_name, protocol)
     return Plan(specs, envs, seeds, protocol, tasks, references, out, args.storage, storage_label(args.storage, out), study)
 
 
@@ -206,7 +221,7 @@ def _worker_entry(storage_arg: str | None, out: str, study_name: str, torch_thre
     th.set_num_threads(torch_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage_arg, out))
-    ablation.run_worker(study)
+    ablation.run_ablation_worker(study)
 
 
 def _progress(total: int, initial: int) -> Any:
@@ -215,10 +230,10 @@ def _progress(total: int, initial: int) -> Any:
     return tqdm(total=total, initial=initial, unit="run", desc="ablation runs", dynamic_ncols=True)
 
 
-def run(plan: Plan, workers: int, threads: int = 1) -> None:
+def run(plan: Plan, workers: int, threads: int = 1, members_per_process: int = ablation.DEFAULT_MEMBERS_PER_PROCESS) -> None:
     """Enqueue the missing cells and run them here with ``workers`` processes, with a progress bar over runs."""
     keys = [task.key for task in plan.tasks]
-    enqueued = ablation.enqueue_missing(plan.study, plan.tasks)
+    enqueued = ablation.enqueue_missing(plan.study, plan.tasks, members_per_process, min_batches=workers)
     done = sum(state == "complete" for state in ablation.grid_status(plan.study, keys).values())
     print(
         f"{len(keys)} runs in the grid: {done} already complete, {len(keys) - done} to run "
@@ -227,7 +242,14 @@ def run(plan: Plan, workers: int, threads: int = 1) -> None:
     bar = _progress(len(keys), done)
     try:
         if workers == 1:
-            ablation.run_worker(plan.study, on_done=lambda key, ok: bar.update(1) if ok else bar.write(f"failed: {key}"))
+
+            def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                complete = sum(state == "complete" for state in ablation.grid_status(study, keys).values())
+                bar.update(complete - bar.n)
+                if trial.state == optuna.trial.TrialState.FAIL:
+                    bar.write(f"failed: trial {trial.number}: {trial.user_attrs.get('fail_reason')}")
+
+            ablation.run_ablation_worker(plan.study, on_trial=progress)
             return
         context = multiprocessing.get_context("spawn")
         processes = [
@@ -251,74 +273,6 @@ def run(plan: Plan, workers: int, threads: int = 1) -> None:
         bar.close()
 
 
-def write_outputs(plan: Plan, args: argparse.Namespace, argv: list[str]) -> tuple[Path, ablation.AblationResults]:
-    """Collect the grid's results, export the CSVs, compute the statistics, draw the figures, write the report."""
-    keys = {task.key for task in plan.tasks}
-    results = ablation.collect_results(plan.study)
-    for name in ("runs", "curves", "episodes"):
-        frame = getattr(results, name)
-        keep = [ablation.cell_key(v, e, s) in keys for v, e, s in zip(frame["variant"], frame["env_id"], frame["seed"])]
-        setattr(results, name, frame[keep].reset_index(drop=True))
-    results.failed = {key: error for key, error in results.failed.items() if key in keys}
-    files = ablation.export_csv(results, plan.out)
-    names = [spec.name for spec in plan.specs]
-    results.runs = results.runs.sort_values(["variant", "env_id", "seed"], key=_order(names, plan.envs)).reset_index(drop=True)
-    results.curves = results.curves.sort_values(["variant", "env_id", "seed"], key=_order(names, plan.envs), kind="stable")
-    stats = statistics.summarize(results.runs, plan.references, args.baseline, reps=args.bootstrap_reps)
-    curve_stats = statistics.curve_intervals(results.curves, reps=args.bootstrap_reps)
-    for name, frame in (
-        ("statistics", stats.intervals),
-        ("improvement", stats.improvement),
-        ("curve_statistics", curve_stats),
-    ):
-        files[name] = plan.out / f"{name}.csv"
-        frame.to_csv(files[name], index=False)
-    figures: dict[str, Path] = {}
-    figure_dir = plan.out / "plots"
-    for env_id in plan.envs:
-        if env_id in set(curve_stats["env_id"]):
-            path = figure_dir / f"curves_{plots.slug(env_id)}.png"
-            figures[f"curves_{env_id}"] = plots.plot_learning_curves(curve_stats, results.curves, env_id, path)
-    for scope in dict.fromkeys(stats.intervals.get("env_id", [])):
-        figures[f"intervals_{scope}"] = plots.plot_intervals(
-            stats.intervals, scope, figure_dir / f"intervals_{plots.slug(scope)}.png"
-        )
-    if len(stats.improvement):
-        figures["improvement"] = plots.plot_improvement(stats.improvement, figure_dir / "improvement.png")
-    context = report.ReportContext(
-        specs=plan.specs,
-        envs=plan.envs,
-        seeds=plan.seeds,
-        references=plan.references,
-        storage=plan.storage_label,
-        study_name=plan.study.study_name,
-        command="python tuning/ablate.py " + shlex.join(argv),
-        bootstrap_reps=args.bootstrap_reps,
-        grid=ablation.grid_status(plan.study, [task.key for task in plan.tasks]),
-        plots=figures,
-        files={
-            "one row per run (final score)": files["runs"],
-            "evaluation curves": files["curves"],
-            "training-episode returns (timestep: the end of the eval-freq segment the episode ended in)": files["episodes"],
-            "interval estimates": files["statistics"],
-            "probabilities of improvement": files["improvement"],
-            "learning-curve IQM and CIs": files["curve_statistics"],
-        },
-    )
-    return report.write_report(plan.out / "report.md", results, stats, context), results
-
-
-def _order(variants: list[str], envs: list[str]) -> Any:
-    def key(column: Any) -> Any:
-        if column.name == "variant":
-            return column.map({name: index for index, name in enumerate(variants)})
-        if column.name == "env_id":
-            return column.map({name: index for index, name in enumerate(envs)})
-        return column
-
-    return key
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command; 0 when every run of the grid is complete or running elsewhere, 1 when some failed or were
     not run, 2 for bad arguments."""
@@ -327,18 +281,30 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         plan = prepare(args)
-    except (ValueError, KeyError, StorageError) as error:
+    except (ValueError, KeyError, StorageError, StudyMismatchError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"sb3pv-ablate: error: {message}", file=sys.stderr)
         return 2
     if not args.report_only:
         try:
             th.set_num_threads(args.torch_threads)
-            run(plan, args.workers, args.torch_threads)
+            run(plan, args.workers, args.torch_threads, args.members_per_process)
         except KeyboardInterrupt:
             print("\ninterrupted: rerun the same command to run the missing cells", file=sys.stderr)
             return 130
-    path, results = write_outputs(plan, args, argv)
+    path, results = write_ablation_outputs(
+        plan.study,
+        plan.specs,
+        plan.envs,
+        plan.seeds,
+        [task.key for task in plan.tasks],
+        plan.references,
+        plan.out,
+        plan.storage_label,
+        argv,
+        args.baseline,
+        args.bootstrap_reps,
+    )
     status = ablation.grid_status(plan.study, [task.key for task in plan.tasks])
     incomplete = sorted(key for key, state in status.items() if state != "complete")
     print(f"report: {path}")

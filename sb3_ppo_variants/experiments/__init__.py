@@ -1,2 +1,0 @@
-"""The library behind ``tuning/tune.py`` and ``tuning/ablate.py``: storages, search spaces, objectives,
-grids of runs, statistics, plots and reports -- small functions composed by thin command-line scripts."""

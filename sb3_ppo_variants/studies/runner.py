@@ -1,0 +1,398 @@
+"""The one study runner: what a trial trains (a batch of cells), and the worker loop that runs trials.
+
+Tuning and ablation are each an Optuna study plus a *work function* ``trial -> value``:
+
+- a tuning trial samples hyperparameters and trains its K seeds as one batch (pruned on the mean over seeds);
+- an ablation trial takes an enqueued batch of cells -- (variant, env, seed) runs of one environment and equal
+  shapes -- trains them as one batch and stores each cell's curve and score.
+
+**Training a batch** (:func:`train_batch`): every cell is a :class:`Cell`, trained under one
+:class:`RunProtocol` (budget, evaluation points, episodes) and returned as a :class:`CellResult`. A batch
+that :func:`population_blocker` accepts (plain variants, ``MlpPolicy``, no gSDE, no Dict observations, one env,
+equal shapes) can be trained as one population; every other batch -- and, until the population trainer is
+merged, every batch -- runs its cells solo, in lockstep, each with its own random streams
+(:class:`~sb3_ppo_variants.studies.runs.SeededRun`), so that a cell's result does not depend on its companions.
+:func:`batch_mode` says which, and why; the ablation report lists it.
+
+**The worker loop** (:func:`run_worker`): each worker -- a process on any machine sharing the storage --
+calls ``study.optimize`` with:
+
+- ``catch=(Exception,)``: a trial whose work raises (a NaN, a bad combination) is stored FAIL with its reason
+  (user attributes ``fail_kind = "error"``, ``fail_reason``) and the worker goes on;
+- :class:`MaxCountedTrials`, Optuna's ``MaxTrialsCallback`` counting what takes a slot of the study's cap
+  (:func:`counts_toward_cap`), shared by every worker; each trial also checks, before training, that fewer
+  than the cap precede it (numbers are given atomically by the storage), so racing workers cannot overshoot;
+- :class:`StopWhenQueueEmpty` for studies whose work is enqueued (an ablation's batches);
+- dead workers: with a database storage, Optuna's heartbeat fails a silent trial and its
+  ``RetryHeartbeatStaleTrialCallback`` enqueues it again; file storages get the same through
+  :func:`~sb3_ppo_variants.studies.liveness.recover_stale_trials`, run before the loop and after every trial.
+
+**Delivery**: a trial -- and an ablation cell -- is recorded complete at most once (a trial is told once, and a
+cell is run only by the lowest-numbered live trial that holds it, see :mod:`~sb3_ppo_variants.studies.ablation`).
+It may be *executed* more than once: the work of a worker that dies mid-run is lost and run again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Container, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from sb3_ppo_variants.studies.liveness import mark_worker, recover_stale_trials
+from sb3_ppo_variants.studies.registry import PLAIN_VARIANTS
+from sb3_ppo_variants.studies.runs import SeededRun
+from sb3_ppo_variants.studies.storage import MAX_RETRY
+
+__all__ = [
+    "SHAPE_KEYS",
+    "Cell",
+    "CellResult",
+    "MaxCountedTrials",
+    "Objective",
+    "RunProtocol",
+    "StopWhenQueueEmpty",
+    "batch_mode",
+    "counts_toward_cap",
+    "n_counted",
+    "population_blocker",
+    "run_worker",
+    "train_batch",
+]
+
+#: Settings of an rl-zoo3 entry that fix the shapes of a run: the cells of one population share them.
+SHAPE_KEYS = (
+    "policy",
+    "n_envs",
+    "n_steps",
+    "batch_size",
+    "n_epochs",
+    "policy_kwargs",
+    "normalize",
+    "normalize_kwargs",
+    "env_kwargs",
+    "frame_stack",
+    "use_sde",
+)
+#: Until the population trainer is merged, this is why a batch that could be a population runs solo.
+NO_POPULATION_TRAINER = "the population trainer is not in this build"
+_DIGITS = 4  # returns are rounded to this many decimals in the storage
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One seeded run to train: an algorithm of :mod:`~sb3_ppo_variants.studies.registry` on an environment.
+
+    :param hyperparams: the rl-zoo3 entry (constructor arguments mixed with ``n_envs``, ``policy``, ...)
+    :param model_kwargs: constructor arguments that win over the entry
+    """
+
+    algorithm: str
+    env_id: str
+    seed: int
+    hyperparams: Mapping[str, Any] = field(default_factory=dict)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunProtocol:
+    """What every cell of a batch shares.
+
+    :param timesteps: training budget of each cell (schedules span it)
+    :param eval_points: timesteps at which each cell is evaluated (0: before training), increasing
+    :param n_eval_episodes: deterministic episodes per evaluation, on an env seeded with seed + EVAL_SEED_OFFSET
+    """
+
+    timesteps: int
+    eval_points: tuple[int, ...]
+    n_eval_episodes: int = 10
+
+
+@dataclass
+class CellResult:
+    """A cell's curve and score: ``curve_nominal`` (the points asked for), ``curve_timesteps`` (reached: whole
+    rollouts), ``curve_returns`` (mean deterministic evaluation return), the training episodes (Monitor returns,
+    stochastic policy; ``episode_timesteps``: the end of the segment each ended in), ``final_score`` (the last
+    evaluation) and the cell's own ``wall_time_s``."""
+
+    curve_nominal: list[int] = field(default_factory=list)
+    curve_timesteps: list[int] = field(default_factory=list)
+    curve_returns: list[float] = field(default_factory=list)
+    episode_timesteps: list[int] = field(default_factory=list)
+    episode_returns: list[float] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    @property
+    def final_score(self) -> float:
+        return self.curve_returns[-1] if self.curve_returns else math.nan
+
+    def as_attrs(self) -> dict[str, Any]:
+        """JSON form, as a trial stores it (returns rounded to 4 decimals)."""
+        attrs = asdict(self)
+        for name in ("curve_returns", "episode_returns"):
+            attrs[name] = [round(float(value), _DIGITS) for value in attrs[name]]
+        attrs["final_score"] = round(float(self.final_score), _DIGITS)
+        attrs["wall_time_s"] = round(self.wall_time_s, 2)
+        return attrs
+
+
+# ----------------------------------------------------------------------------------------------- a batch
+
+
+def _shape(cell: Cell) -> dict[str, Any]:
+    merged = {**cell.hyperparams, **cell.model_kwargs}
+    return {key: merged.get(key) for key in SHAPE_KEYS}
+
+
+def population_blocker(cells: Sequence[Cell]) -> str | None:
+    """Why ``cells`` cannot be trained as one population, or None when they can.
+
+    A population trains plain variants (``VARIANTS``' four on SB3's PPO) with ``MlpPolicy`` and without gSDE, on
+    one environment without Dict observations, all members with the same shapes (:data:`SHAPE_KEYS`).
+    """
+    others = sorted({cell.algorithm for cell in cells} - set(PLAIN_VARIANTS))
+    if others:
+        return f"{', '.join(others)} is not a plain variant {list(PLAIN_VARIANTS)}"
+    envs = sorted({cell.env_id for cell in cells})
+    if len(envs) > 1:
+        return f"the cells are on several environments {envs}"
+    shapes = [_shape(cell) for cell in cells]
+    differ = sorted(key for key in SHAPE_KEYS if len({repr(shape[key]) for shape in shapes}) > 1)
+    if differ:
+        return f"the cells differ in {differ}"
+    shape = shapes[0]
+    if (shape["policy"] or "MlpPolicy") != "MlpPolicy":
+        return f"policy {shape['policy']!r} is not MlpPolicy"
+    if shape["use_sde"]:
+        return "gSDE (use_sde) runs solo"
+    env = gym.make(envs[0], **(shape["env_kwargs"] or {}))
+    try:
+        if isinstance(env.observation_space, gym.spaces.Dict):
+            return "Dict observations run solo"
+    finally:
+        env.close()
+    return None
+
+
+def batch_mode(cells: Sequence[Cell]) -> tuple[str, str]:
+    """``("population", "")``, or ``("solo", why)``: how :func:`train_batch` trains ``cells``."""
+    blocker = population_blocker(cells)
+    return "solo", blocker or NO_POPULATION_TRAINER
+
+
+#: ``on_evaluation(timestep, scores)``: scores of every cell at a point; returns False to stop the batch, or raises.
+OnEvaluation = Callable[[int, np.ndarray], "bool | None"]
+
+
+def train_batch(cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None = None) -> list[CellResult]:
+    """Train ``cells`` under ``protocol`` and evaluate each at every evaluation point.
+
+    The cells advance in lockstep from one evaluation point to the next, so that ``on_evaluation`` sees every
+    cell's score at each point (tuning reports their mean to its pruner); it may stop the batch (return False:
+    the results so far are returned) or raise (e.g. ``optuna.TrialPruned``).
+
+    :return: one :class:`CellResult` per cell, in order
+    """
+    runs: list[SeededRun] = []
+    results = [CellResult() for _ in cells]
+    try:
+        for cell, result in zip(cells, results):
+            clock = time.perf_counter()
+            runs.append(
+                SeededRun(
+                    cell.algorithm,
+                    cell.env_id,
+                    cell.seed,
+                    protocol.timesteps,
+                    hyperparams=dict(cell.hyperparams),
+                    n_eval_episodes=protocol.n_eval_episodes,
+                    model_kwargs=dict(cell.model_kwargs),
+                )
+            )
+            result.wall_time_s += time.perf_counter() - clock
+        for point in protocol.eval_points:
+            for run, result in zip(runs, results):
+                clock = time.perf_counter()
+                run.advance(point)
+                result.curve_nominal.append(point)
+                result.curve_timesteps.append(run.num_timesteps)
+                result.curve_returns.append(run.evaluate())
+                result.wall_time_s += time.perf_counter() - clock
+            scores = np.array([result.curve_returns[-1] for result in results])
+            if on_evaluation is not None and on_evaluation(point, scores) is False:
+                break
+    finally:
+        for run in runs:
+            run.close()
+    for run, result in zip(runs, results):
+        result.episode_timesteps = list(run.episode_timesteps)
+        result.episode_returns = list(run.episode_returns)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- the cap
+
+
+def counts_toward_cap(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` takes one of the study's ``max_total_trials`` slots.
+
+    Every trial counts (COMPLETE, PRUNED, RUNNING, WAITING) but a FAIL that is not the trial's own error: a FAIL
+    of a dead worker, of an interrupt (both are enqueued again) or of a trial beyond the cap takes no slot.
+    """
+    if trial.state == TrialState.FAIL:
+        return trial.user_attrs.get("fail_kind") == "error"
+    return True
+
+
+def n_counted(study: optuna.Study, include_waiting: bool = False) -> int:
+    """Trials of ``study`` that take a slot of the cap (WAITING ones only if asked)."""
+    return sum(
+        counts_toward_cap(t) and (include_waiting or t.state != TrialState.WAITING) for t in study.get_trials(deepcopy=False)
+    )
+
+
+class MaxCountedTrials(MaxTrialsCallback):
+    """Optuna's ``MaxTrialsCallback`` for a cap shared by every worker, counting the trials that take a slot
+    (:func:`counts_toward_cap`) instead of trials of given states: this worker stops once the study holds
+    ``n_trials`` of them.
+
+    :param n_trials: the cap over the whole study
+    """
+
+    def __init__(self, n_trials: int) -> None:
+        super().__init__(n_trials, states=None)
+        self.n_trials = n_trials
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if n_counted(study) >= self.n_trials:
+            study.stop()
+
+
+class StopWhenQueueEmpty:
+    """Callback: stop this worker once no trial is WAITING (a study whose work is enqueued, such as an ablation)."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.stop()
+
+
+class RecoverStaleTrials:
+    """Callback: :func:`~sb3_ppo_variants.studies.liveness.recover_stale_trials` after every trial."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        recover_stale_trials(study)
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+
+class Objective:
+    """The objective every worker optimises: bookkeeping around a tool's work function.
+
+    Before the work: the user attributes a retried trial inherited from the failed one (``run_attrs``) are
+    cleared, the worker is recorded (:func:`~sb3_ppo_variants.studies.liveness.mark_worker`), and a trial beyond
+    the cap ends FAIL (``fail_kind = "over_cap"``) without training. Around it: an error is recorded
+    (``fail_kind = "error"``, ``fail_reason``) and re-raised for ``optimize``'s ``catch``; an interrupt is
+    recorded (``fail_kind = "interrupted"``) and propagates.
+
+    :param work: ``trial -> value``
+    :param max_total_trials: the cap over the whole study, or None
+    :param run_attrs: user attributes the work writes (cleared first on a retry)
+    """
+
+    RUN_ATTRS = ("fail_reason", "fail_kind")
+
+    def __init__(
+        self, work: Callable[[optuna.Trial], float], max_total_trials: int | None = None, run_attrs: Container[str] = ()
+    ) -> None:
+        self.work = work
+        self.max_total_trials = max_total_trials
+        self.run_attrs = run_attrs
+        self.n_calls = 0
+        self.last_trial: int | None = None
+
+    def _slots_taken_before(self, trial: optuna.Trial) -> int:
+        return sum(counts_toward_cap(t) for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.n_calls += 1
+        self.last_trial = trial.number
+        for key, value in trial.user_attrs.items():
+            if (key in self.RUN_ATTRS or key in self.run_attrs) and value is not None:
+                trial.set_user_attr(key, None)
+        mark_worker(trial)
+        if self.max_total_trials is not None and self._slots_taken_before(trial) >= self.max_total_trials:
+            trial.set_user_attr("fail_kind", "over_cap")
+            trial.set_user_attr("fail_reason", f"not run: the study already has --max-total-trials {self.max_total_trials}")
+            trial.study.stop()
+            return math.nan  # FAIL, and nothing was trained
+        try:
+            return self.work(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:
+            trial.set_user_attr("fail_kind", "error")
+            trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[-2000:])
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_kind", "interrupted")
+            trial.set_user_attr("fail_reason", "interrupted (KeyboardInterrupt)")
+            raise
+
+
+def run_worker(
+    study: optuna.Study,
+    objective: Objective,
+    n_trials: int | None = None,
+    until_queue_empty: bool = False,
+    show_progress_bar: bool = False,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+) -> int:
+    """Run trials of ``study`` in this process: up to ``n_trials``, until the cap, or until no trial is waiting.
+
+    Stale trials (dead workers) are recovered first. On KeyboardInterrupt the interrupted trial is failed, enqueued
+    again for the next run (Optuna's ``RetryHeartbeatStaleTrialCallback``), and the KeyboardInterrupt propagates.
+
+    :param objective: the tool's work wrapped in :class:`Objective` (its ``max_total_trials`` is the cap)
+    :param until_queue_empty: stop when no trial is WAITING (and do not start when none is)
+    :param callbacks: more ``optimize`` callbacks (e.g. a progress bar)
+    :return: how many trials this call started (0 when the study is full or its queue empty)
+    """
+    recover_stale_trials(study)
+    cap = objective.max_total_trials
+    if cap is not None:
+        left = cap - n_counted(study)
+        n_trials = left if n_trials is None else min(n_trials, left)
+    if n_trials is not None and n_trials <= 0:
+        return 0
+    if until_queue_empty and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return 0
+    stops: list[Callable[[optuna.Study, FrozenTrial], None]] = [RecoverStaleTrials()]
+    if cap is not None:
+        stops.append(MaxCountedTrials(cap))
+    if until_queue_empty:
+        stops.append(StopWhenQueueEmpty())
+    try:
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            catch=(Exception,),
+            callbacks=[*stops, *callbacks],
+            gc_after_trial=False,  # Optuna's default: a full gc.collect() took 0.7 s per trial here, torch loaded
+            show_progress_bar=show_progress_bar,
+        )
+    except KeyboardInterrupt:
+        if objective.last_trial is not None:
+            last = study.get_trials(deepcopy=False)[objective.last_trial]
+            if last.state == TrialState.FAIL and last.user_attrs.get("fail_kind") == "interrupted":
+                RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, last)
+        raise
+    return objective.n_calls
