@@ -28,7 +28,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-import torch.nn as nn
 from gymnasium import spaces
 from gymnasium.envs.classic_control import CartPoleEnv
 from gymnasium.wrappers import TimeLimit
@@ -44,9 +43,8 @@ from stable_baselines3.common.envs import FakeImageEnv, IdentityEnv, IdentityEnv
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.preprocessing import get_flattened_obs_dim
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
+from test_sb3_dropin import FlattenBatchNormDropoutExtractor, clone_on_policy_batch_norm
 
 from sb3_ppo_variants import VARIANTS
 
@@ -358,40 +356,7 @@ def test_ep_buffers_stats_window_size(maskable_class, stats_window_size):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class FlattenBatchNormDropoutExtractor(BaseFeaturesExtractor):
-    """
-    Feature extract that flatten the input and applies batch normalization and dropout.
-    Used as a placeholder when feature extraction is not needed.
-    :param observation_space:
-    """
-
-    def __init__(self, observation_space: gym.Space) -> None:
-        super().__init__(
-            observation_space,
-            get_flattened_obs_dim(observation_space),
-        )
-        self.flatten = nn.Flatten()
-        self.batch_norm = nn.BatchNorm1d(self._features_dim)
-        self.dropout = nn.Dropout(0.5)
-
-    def forward(self, observations: th.Tensor) -> th.Tensor:
-        result = self.flatten(observations)
-        result = self.batch_norm(result)
-        result = self.dropout(result)
-        return result
-
-
-def clone_batch_norm_stats(batch_norm: nn.BatchNorm1d) -> tuple[th.Tensor, th.Tensor]:
-    """
-    Clone the bias and running mean from the given batch norm layer.
-    :param batch_norm:
-    :return: the bias and running mean
-    """
-    return batch_norm.bias.clone(), batch_norm.running_mean.clone()
-
-
-def clone_on_policy_batch_norm(model) -> tuple[th.Tensor, th.Tensor]:
-    return clone_batch_norm_stats(model.policy.features_extractor.batch_norm)
+# FlattenBatchNormDropoutExtractor and clone_on_policy_batch_norm: the same as SB3's, ported in test_sb3_dropin.py.
 
 
 def test_ppo_mask_train_eval_mode(maskable_class):
@@ -557,6 +522,10 @@ LSTM_POLICY_KWARGS = [
 ]
 
 
+#: upstream writes this list out in test_policy_kwargs and in test_dict_obs
+MLP_LSTM_POLICY_KWARGS = [LSTM_POLICY_KWARGS[i] for i in (0, 2, 3, 4)]
+
+
 @pytest.mark.parametrize("policy_kwargs", LSTM_POLICY_KWARGS)
 def test_cnn_lstm(policy_kwargs):
     recurrent_class = VARIANTS["recurrent_clip_kl"]  # ours: one variant (CI budget)
@@ -572,25 +541,7 @@ def test_cnn_lstm(policy_kwargs):
     model.learn(total_timesteps=32)
 
 
-@pytest.mark.parametrize(
-    "policy_kwargs",
-    [
-        {},
-        dict(shared_lstm=True, enable_critic_lstm=False),
-        dict(
-            enable_critic_lstm=True,
-            lstm_hidden_size=4,
-            lstm_kwargs=dict(dropout=0.5),
-            n_lstm_layers=2,
-        ),
-        dict(
-            enable_critic_lstm=False,
-            lstm_hidden_size=4,
-            lstm_kwargs=dict(dropout=0.5),
-            n_lstm_layers=2,
-        ),
-    ],
-)
+@pytest.mark.parametrize("policy_kwargs", MLP_LSTM_POLICY_KWARGS)
 def test_policy_kwargs(recurrent_class, policy_kwargs):
     if policy_kwargs:
         only_for(recurrent_class, "recurrent_clip_kl")
@@ -653,25 +604,7 @@ def test_run_sde(recurrent_class):
     model.learn(total_timesteps=200)
 
 
-@pytest.mark.parametrize(
-    "policy_kwargs",
-    [
-        {},
-        dict(shared_lstm=True, enable_critic_lstm=False),
-        dict(
-            enable_critic_lstm=True,
-            lstm_hidden_size=4,
-            lstm_kwargs=dict(dropout=0.5),
-            n_lstm_layers=2,
-        ),
-        dict(
-            enable_critic_lstm=False,
-            lstm_hidden_size=4,
-            lstm_kwargs=dict(dropout=0.5),
-            n_lstm_layers=2,
-        ),
-    ],
-)
+@pytest.mark.parametrize("policy_kwargs", MLP_LSTM_POLICY_KWARGS)
 def test_dict_obs_lstm(recurrent_class, policy_kwargs):
     if policy_kwargs:
         only_for(recurrent_class, "recurrent_clip_kl")
