@@ -102,7 +102,7 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 class VariantAlgorithm(_Host):
     """
-    The variant logic, composed onto a PPO-like host algorithm (listed after it in the bases, with a
+    The variant logic, composed onto a PPO-like host algorithm (listed before the host in the bases, with a
     :class:`~sb3_ppo_variants.hosts.Host` adapter as ``host``): a loss composed of a surrogate (clipped or not),
     an optional KL penalty with a fixed, scheduled or adaptive coefficient, and an entropy bonus whose coefficient
     may follow a schedule. One training loop for every host (SB3's PPO, sb3-contrib's MaskablePPO and RecurrentPPO).
