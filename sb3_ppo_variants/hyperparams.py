@@ -28,9 +28,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from sb3_ppo_variants.algorithm import VariantPPO
+from sb3_ppo_variants.algorithm import VariantAlgorithm
 from sb3_ppo_variants.schedules import ConstantSchedule, as_schedule
-from sb3_ppo_variants.studies.registry import algorithm_class, default_policy
+from sb3_ppo_variants.studies.registry import algorithm_class
 
 __all__ = [
     "ENV_SETTINGS",
@@ -156,14 +156,15 @@ def make_model(
     if "policy_kwargs" in overrides:
         overrides = {**overrides, "policy_kwargs": parse_policy_kwargs(overrides["policy_kwargs"])}
     model_kwargs.update(overrides)
-    if not issubclass(algorithm, VariantPPO):
+    if not issubclass(algorithm, VariantAlgorithm):
         # SB3's own algorithms take schedules as callables, not strings (rl-zoo3 converts them the same way).
         for key in ("learning_rate", "clip_range", "clip_range_vf", "ent_coef"):
             if isinstance(model_kwargs.get(key), str):
                 schedule = as_schedule(model_kwargs[key], key)
                 model_kwargs[key] = schedule.value if isinstance(schedule, ConstantSchedule) else schedule
     env = make_env(env_id, settings, seed=seed)
-    policy = settings.get("policy", default_policy(variant))
+    # The host's first policy alias by default: "MlpPolicy" for PPO and MaskablePPO, "MlpLstmPolicy" for RecurrentPPO.
+    policy = settings.get("policy", next(iter(algorithm.policy_aliases), "MlpPolicy"))
     model = algorithm(policy, env, seed=seed, **model_kwargs)
     model.n_timesteps = settings.get("n_timesteps")  # type: ignore[attr-defined]
     return model

@@ -15,7 +15,7 @@ import importlib
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-__all__ = ["BASELINES", "PLAIN_VARIANTS", "algorithm_class", "algorithm_names", "default_policy", "plain_variant"]
+__all__ = ["BASELINES", "PLAIN_VARIANTS", "algorithm_class", "algorithm_names", "plain_variant"]
 
 #: Baseline name -> "module:class"; imported when asked for.
 BASELINES = {
@@ -64,9 +64,3 @@ def plain_variant(name: str) -> str:
         if name.startswith(prefix) and name[len(prefix) :] in PLAIN_VARIANTS:
             return name[len(prefix) :]
     return name
-
-
-def default_policy(name: str | type[BaseAlgorithm]) -> str:
-    """The policy an entry without ``policy`` gets: ``MlpLstmPolicy`` for recurrent hosts, else ``MlpPolicy``."""
-    text = name if isinstance(name, str) else name.__name__.lower()
-    return "MlpLstmPolicy" if text.startswith("recurrent") else "MlpPolicy"

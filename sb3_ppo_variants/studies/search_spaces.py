@@ -37,6 +37,7 @@ from typing import Any
 import optuna
 
 from sb3_ppo_variants.schedules import CosineSchedule, ExponentialSchedule, LinearSchedule
+from sb3_ppo_variants.studies.registry import plain_variant
 
 __all__ = [
     "ENT_SCHEDULES",
@@ -143,9 +144,11 @@ WIDE_TERMS: tuple[Term, ...] = (rl_zoo3_term,)
 
 
 def _terms(variant: str, wide: bool) -> tuple[Term, ...]:
-    if variant not in SEARCH_SPACES:
-        raise ValueError(f"variant must be one of {sorted(SEARCH_SPACES)}, got {variant!r}")
-    return SEARCH_SPACES[variant] + (WIDE_TERMS if wide else ())
+    """The terms of ``variant``; a variant hosted on sb3-contrib (``maskable_clip_kl``) has its plain variant's."""
+    plain = plain_variant(variant)
+    if plain not in SEARCH_SPACES:
+        raise ValueError(f"variant must be one of {sorted(SEARCH_SPACES)} or one of them on a contrib host, got {variant!r}")
+    return SEARCH_SPACES[plain] + (WIDE_TERMS if wide else ())
 
 
 def suggest_params(trial: optuna.Trial, variant: str, wide: bool = False, fixed: Collection[str] = ()) -> dict[str, Any]:
