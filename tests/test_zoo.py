@@ -74,6 +74,19 @@ def test_shipped_zoo_files_are_zoo_ppo_entries_plus_the_variants_own_settings(va
     assert shipped["default"] == {"n_timesteps": 1e6, "policy": "MlpPolicy", **OWN_SETTINGS[variant]}
 
 
+@pytest.mark.parametrize("variant", PLAIN)
+def test_shipped_zoo_files_of_the_contrib_hosts(variant: str) -> None:
+    import rl_zoo3
+
+    lstm = yaml.safe_load((Path(rl_zoo3.__file__).parent / "hyperparams" / "ppo_lstm.yml").read_text())
+    recurrent = yaml.safe_load(default_config(f"recurrent_{variant}").read_text())  # type: ignore[union-attr]
+    assert recurrent["CartPoleNoVel-v1"] == {**lstm["CartPoleNoVel-v1"], **OWN_SETTINGS[variant]}
+    assert recurrent["default"] == {"n_timesteps": 1e6, "policy": "MlpLstmPolicy", **OWN_SETTINGS[variant]}
+    maskable = yaml.safe_load(default_config(f"maskable_{variant}").read_text())  # type: ignore[union-attr]
+    assert maskable == {"default": {"n_timesteps": 1e6, "policy": "MlpPolicy", **OWN_SETTINGS[variant]}}
+    assert set(VARIANTS) <= {path.stem for path in (DATA / "zoo").glob("*.yml")}  # one file per registered variant
+
+
 def test_default_config_is_added_only_when_missing_and_for_our_algorithms() -> None:
     args = ["--algo", "kl", "--env", "CartPole-v1"]
     assert _with_default_config(args) == [*args, "-conf", str(default_config("kl"))]
@@ -128,6 +141,18 @@ def test_train_writes_zoo_log_layout_and_enjoy_loads_it(zoo_logs: Path, variant:
                  "--num-threads", "1", cwd=zoo_logs)  # fmt: skip
     assert f"Loading {run / 'CartPole-v1.zip'}".replace(str(zoo_logs) + "/", "") in result.stdout
     assert "Mean reward:" in result.stdout and "Episode Reward:" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_recurrent_variant_trains_with_zoos_lstm_entry_and_enjoy_runs_it(tmp_path: Path) -> None:
+    zoo("train", "--algo", "recurrent_clip_kl", "--env", "CartPoleNoVel-v1", "-n", "2048", "--seed", "0",
+        "--num-threads", "1", "--eval-freq", "-1", cwd=tmp_path)  # fmt: skip
+    (saved,) = (tmp_path / "logs" / "recurrent_clip_kl").glob("CartPoleNoVel-v1_*/CartPoleNoVel-v1.zip")
+    model = VARIANTS["recurrent_clip_kl"].load(saved)
+    assert model.policy.lstm_actor.hidden_size == 64 and model.kl_coef == 0.2  # zoo's ppo_lstm entry, our setting
+    result = zoo("enjoy", "--algo", "recurrent_clip_kl", "--env", "CartPoleNoVel-v1", "-f", "logs", "--no-render",
+                 "-n", "300", "--num-threads", "1", cwd=tmp_path)  # fmt: skip
+    assert "Episode Reward:" in result.stdout
 
 
 @pytest.mark.slow
