@@ -114,6 +114,24 @@ def test_sampler_is_the_tuners_space_plus_rl_zoo3s_and_converter_rebuilds_from_p
     assert set(SEARCH_SPACES) >= set(PLAIN)
 
 
+@pytest.mark.parametrize("host", ["maskable", "recurrent"])
+@pytest.mark.parametrize("variant", PLAIN)
+def test_contrib_variants_load_with_zoos_inference_objects(tmp_path: Path, host: str, variant: str) -> None:
+    from sb3_contrib.common.envs import InvalidActionEnvDiscrete
+    from test_save_load import ZOO_INFERENCE_OBJECTS
+
+    algorithm = VARIANTS[f"{host}_{variant}"]
+    env = InvalidActionEnvDiscrete(dim=20, n_invalid_actions=10) if host == "maskable" else "CartPole-v1"
+    policy = "MlpLstmPolicy" if host == "recurrent" else "MlpPolicy"
+    model = algorithm(policy, env, n_steps=32, batch_size=32, n_epochs=1, seed=0).learn(32)
+    model.save(tmp_path / "model")
+    loaded = algorithm.load(tmp_path / "model", custom_objects=ZOO_INFERENCE_OBJECTS)
+    observations = np.stack([model.observation_space.sample() for _ in range(4)])
+    expected, _ = model.predict(observations, deterministic=True)
+    actions, _ = loaded.predict(observations, deterministic=True)
+    np.testing.assert_array_equal(actions, expected)
+
+
 @pytest.fixture(scope="module")
 def zoo_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """zoo's train for every variant, 5000 steps on CartPole-v1 with two evaluations, into one log folder."""
