@@ -33,7 +33,8 @@ def clipped_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor, clip_range: 
     :return: scalar, or (K,) for (K, batch) inputs
     """
     policy_loss_1 = advantages * ratio
-    policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    # torch's stubs take a float or a tensor as the bounds, not the union
+    policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)  # type: ignore[arg-type]
     return -th.min(policy_loss_1, policy_loss_2).mean(dim=-1)
 
 
@@ -48,7 +49,8 @@ def dual_clip_surrogate_loss(
     :param dual_clip: c > 1
     :return: scalar, or (K,) for (K, batch) inputs
     """
-    clipped = th.min(advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
+    bounds = 1 - clip_range, 1 + clip_range
+    clipped = th.min(advantages * ratio, advantages * th.clamp(ratio, *bounds))  # type: ignore[arg-type]
     bounded = th.where(advantages < 0, th.max(clipped, dual_clip * advantages), clipped)
     return -bounded.mean(dim=-1)
 
@@ -80,7 +82,7 @@ def value_loss(
     if clip_range_vf is None:
         values_pred = values
     else:
-        values_pred = old_values + th.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+        values_pred = old_values + th.clamp(values - old_values, -clip_range_vf, clip_range_vf)  # type: ignore[arg-type]
     return F.mse_loss(returns, values_pred, reduction="none").mean(dim=-1)
 
 
