@@ -2,6 +2,7 @@
 
 from sb3_ppo_variants.algorithm import NonFiniteLossError, VariantPPO
 from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController
+from sb3_ppo_variants.population import Population, PopulationEvalCallback
 from sb3_ppo_variants.variants import KLPPO, AdaptiveKLPPO, ClipKLPPO, ClipPPO
 
 __version__ = "0.1.0"
@@ -24,6 +25,8 @@ __all__ = [
     "FixedKLController",
     "KLController",
     "NonFiniteLossError",
+    "Population",
+    "PopulationEvalCallback",
     "VariantPPO",
     "__version__",
 ]
