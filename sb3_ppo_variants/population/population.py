@@ -30,7 +30,7 @@ from sb3_ppo_variants.population.distributions import stacked_distribution
 from sb3_ppo_variants.population.policy import StackedActorCritic, StackedAdam
 from sb3_ppo_variants.population.trainer import MemberCoefficients, RolloutData, compute_gae, update
 from sb3_ppo_variants.population.vec_env import MemberNormalizer, make_member_envs
-from sb3_ppo_variants.schedules import ConstantSchedule, schedule_value
+from sb3_ppo_variants.schedules import ConstantSchedule
 
 __all__ = ["STRUCTURAL_SETTINGS", "Population", "PopulationCallback", "PopulationEvalCallback"]
 
@@ -294,7 +294,6 @@ class Population:
         )
         self.torch_generators = [th.Generator(device=self.device).manual_seed(m.seed) for m in self._members]
         self.numpy_generators = [np.random.default_rng(m.seed) for m in self._members]
-        self.kl_controllers = [m.template.kl_controller for m in self._members]
         self.num_timesteps = 0
         self.n_updates = np.zeros(self.n_members, dtype=np.int64)
         self.episode_returns: list[list[float]] = [[] for _ in self._members]
@@ -425,39 +424,13 @@ class Population:
     # ---------------------------------------------------------------- update
 
     def coefficients(self, progress_remaining: float) -> MemberCoefficients:
-        """Every member's settings for an update at ``progress_remaining`` (schedules evaluated, KL controllers
-        asked for beta)."""
-        templates = [m.template for m in self._members]
+        """Every member's settings for an update at ``progress_remaining`` (see :meth:`MemberCoefficients.at`)."""
+        return MemberCoefficients.at([m.template for m in self._members], progress_remaining, self.device)
 
-        def tensor(values: list[float]) -> th.Tensor:
-            return th.tensor(values, dtype=th.float32, device=self.device)
-
-        def value(name: str) -> th.Tensor:
-            return tensor([schedule_value(getattr(t, name), progress_remaining) for t in templates])
-
-        vf_clipped = any(t.clip_range_vf is not None for t in templates)
-        kl_coefs = [0.0 if c is None else c.begin_update(progress_remaining) for c in self.kl_controllers]
-        return MemberCoefficients(
-            learning_rate=value("learning_rate"),
-            clip_range=value("clip_range"),
-            clip_range_vf=tensor(
-                [
-                    float("inf") if t.clip_range_vf is None else schedule_value(t.clip_range_vf, progress_remaining)
-                    for t in templates
-                ]
-            )
-            if vf_clipped
-            else None,
-            ent_coef=value("ent_coef"),
-            vf_coef=tensor([float(t.vf_coef) for t in templates]),
-            kl_coef=tensor(kl_coefs),
-            max_grad_norm=tensor([float(t.max_grad_norm) for t in templates]),
-            target_kl=tensor([float("inf") if t.target_kl is None else float(t.target_kl) for t in templates]),
-            dual_clip=tensor([float(t.dual_clip) for t in templates]),
-            surrogate=[t.surrogate for t in templates],
-            kl_estimator=[t.kl_estimator for t in templates],
-            penalised=th.tensor([c is not None for c in self.kl_controllers], device=self.device),
-        )
+    @property
+    def kl_controllers(self) -> list[Any]:
+        """Each member's KL controller (None without a KL penalty); ``kl_controllers[k].value`` is its beta."""
+        return [m.template.kl_controller for m in self._members]
 
     def _minibatch_orders(self) -> list[np.ndarray]:
         size = self.n_steps * self.n_envs
@@ -629,10 +602,10 @@ class Population:
             },
             "torch_generators": [g.get_state() for g in self.torch_generators],
             "numpy_generators": [rng.bit_generator.state for rng in self.numpy_generators],
+            "kl_controllers": self.kl_controllers,
             "plain": {
                 name: getattr(self, name)
                 for name in (
-                    "kl_controllers",
                     "normalizer",
                     "num_timesteps",
                     "n_updates",
@@ -668,6 +641,8 @@ class Population:
             generator.set_state(saved)
         for rng, saved in zip(population.numpy_generators, state["numpy_generators"]):
             rng.bit_generator.state = saved
+        for member, controller in zip(population._members, state["kl_controllers"]):
+            member.template.kl_controller = controller
         population.envs.close()
         population.__dict__.update(state["plain"])
         return population

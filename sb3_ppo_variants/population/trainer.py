@@ -18,10 +18,11 @@ import numpy as np
 import torch as th
 
 from sb3_ppo_variants import losses
-from sb3_ppo_variants.algorithm import NonFiniteLossError
+from sb3_ppo_variants.algorithm import NonFiniteLossError, VariantPPO
 from sb3_ppo_variants.kl import sampled_kl
 from sb3_ppo_variants.population.distributions import StackedDistribution
 from sb3_ppo_variants.population.policy import StackedActorCritic, StackedAdam
+from sb3_ppo_variants.schedules import schedule_value
 
 __all__ = ["SURROGATE_TERMS", "MemberCoefficients", "RolloutData", "compute_gae", "rollout_kl", "update"]
 
@@ -71,6 +72,35 @@ class MemberCoefficients:
     surrogate: list[str]
     kl_estimator: list[str]
     penalised: th.Tensor
+
+    @classmethod
+    def at(cls, models: list[VariantPPO], progress_remaining: float, device: th.device) -> MemberCoefficients:
+        """The settings of ``models`` (one per member) for an update at ``progress_remaining``: schedules evaluated
+        as ``VariantPPO.train`` evaluates them, each KL controller asked for its beta (``begin_update``)."""
+
+        def tensor(values: list[float]) -> th.Tensor:
+            return th.tensor(values, dtype=th.float32, device=device)
+
+        def scheduled(name: str, default: float | None = None) -> list[float]:
+            values = [getattr(model, name) for model in models]
+            return [default if v is None and default is not None else schedule_value(v, progress_remaining) for v in values]
+
+        controllers = [model.kl_controller for model in models]
+        vf_clipped = any(model.clip_range_vf is not None for model in models)
+        return cls(
+            learning_rate=tensor(scheduled("learning_rate")),
+            clip_range=tensor(scheduled("clip_range")),
+            clip_range_vf=tensor(scheduled("clip_range_vf", float("inf"))) if vf_clipped else None,
+            ent_coef=tensor(scheduled("ent_coef")),
+            vf_coef=tensor([float(model.vf_coef) for model in models]),
+            kl_coef=tensor([0.0 if c is None else c.begin_update(progress_remaining) for c in controllers]),
+            max_grad_norm=tensor([float(model.max_grad_norm) for model in models]),
+            target_kl=tensor(scheduled("target_kl", float("inf"))),
+            dual_clip=tensor([float(model.dual_clip) for model in models]),
+            surrogate=[model.surrogate for model in models],
+            kl_estimator=[model.kl_estimator for model in models],
+            penalised=th.tensor([c is not None for c in controllers], device=device),
+        )
 
 
 #: surrogate name -> loss per member, from (ratio, advantages, clip_range, dual_clip)

@@ -1,0 +1,128 @@
+"""Population training: a member's update, collection and GAE are a solo run's; members are independent; members
+leave as ordinary SB3 models; bad input fails before training; the population resumes where it stopped."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from helpers import params as _params
+from helpers import recorded as _recorded
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_ppo_variants import VARIANTS, Population, PopulationEvalCallback, VariantPPO
+from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET
+from sb3_ppo_variants.hyperparams import load_hyperparams, make_env
+from sb3_ppo_variants.population.distributions import stacked_distribution
+from sb3_ppo_variants.population.policy import StackedActorCritic, StackedAdam
+from sb3_ppo_variants.population.trainer import MemberCoefficients, RolloutData, compute_gae, update
+from sb3_ppo_variants.population.vec_env import CartPoleEnvs
+
+ZOO = Path(__file__).resolve().parent.parent / "sb3_ppo_variants" / "data" / "zoo_ppo.yml"
+CARTPOLE = load_hyperparams(ZOO, "CartPole-v1")
+
+#: every setting of the update's switches: VariantPPO keyword arguments
+UPDATE_SETTINGS: dict[str, dict[str, Any]] = {
+    "clipped": dict(surrogate="clipped"),
+    "unclipped": dict(surrogate="unclipped", ent_coef=0.01),
+    "dual_clip": dict(surrogate="dual_clip", dual_clip=2.0),
+    "fixed_exact": dict(surrogate="unclipped", kl_penalty="fixed", kl_coef=0.5),
+    "fixed_k1": dict(surrogate="clipped", kl_penalty="fixed", kl_coef=0.3, kl_estimator="k1"),
+    "fixed_k2": dict(surrogate="unclipped", kl_penalty="fixed", kl_coef="lin_1.0", kl_estimator="k2"),
+    "adaptive_k3": dict(surrogate="clipped", kl_penalty="adaptive", kl_coef=2.0, kl_target=0.001, kl_estimator="k3"),
+    "value_clip_target_kl": dict(clip_range_vf=0.05, target_kl=0.02, learning_rate=3e-3, vf_coef=0.7, max_grad_norm=0.3),
+    "target_kl_stops": dict(target_kl=0.002, learning_rate=3e-3),  # stops at the first minibatch, before any step
+    "schedules": dict(clip_range="lin_0.3", ent_coef="lin_0.02", learning_rate="lin_1e-3", gamma=0.9),
+}
+
+
+def _solo_update(env_id: str, seed: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A solo VariantPPO after one update (so Adam and the controllers have state), then a second update
+    with known minibatch orders; returns what goes in and what comes out of that second update."""
+    model = VariantPPO("MlpPolicy", env_id, n_steps=64, batch_size=32, n_epochs=3, seed=seed, device="cpu", **kwargs)
+    model.learn(64)  # one rollout and one update; the flattened rollout stays in the buffer
+    model._current_progress_remaining = 0.6
+    before = {
+        "policy": copy.deepcopy(model.policy),
+        "adam": copy.deepcopy(model.policy.optimizer.state_dict()),
+        "model": copy.deepcopy(model),
+        "n_updates": model._n_updates,
+    }
+    np.random.seed(1000 + seed)
+    orders = [np.random.permutation(64) for _ in range(3)]  # RolloutBuffer.get draws one permutation per epoch
+    np.random.seed(1000 + seed)
+    logger = _recorded(model)
+    model.train()
+    buffer: Any = model.rollout_buffer
+    data = {
+        name: th.as_tensor(getattr(buffer, field)).reshape(64, -1).squeeze(-1)
+        for name, field in [
+            ("observations", "observations"),
+            ("actions", "actions"),
+            ("old_values", "values"),
+            ("old_log_prob", "log_probs"),
+            ("advantages", "advantages"),
+            ("returns", "returns"),
+            ("old_dist_params", "old_dist_params"),
+        ]
+    }
+    return {**before, "orders": orders, "data": data, "after": _params(model), "logs": dict(logger.name_to_value)}
+
+
+def _stack_rollouts(runs: list[dict[str, Any]]) -> RolloutData:
+    def field(name: str) -> th.Tensor:
+        return th.stack([run["data"][name] for run in runs]).float()
+
+    actions = field("actions")
+    return RolloutData(
+        observations=field("observations"),
+        actions=actions if actions.dim() == 3 else actions.unsqueeze(-1),
+        old_values=field("old_values"),
+        old_log_prob=field("old_log_prob"),
+        advantages=field("advantages"),
+        returns=field("returns"),
+        old_dist_params=field("old_dist_params"),
+    )
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_one_population_update_gives_each_member_the_parameters_of_variant_ppo_train(env_id: str) -> None:
+    names = list(UPDATE_SETTINGS)
+    runs = [_solo_update(env_id, seed, UPDATE_SETTINGS[name]) for seed, name in enumerate(names)]
+    space = runs[0]["policy"].action_space
+    policy = StackedActorCritic([run["policy"] for run in runs], stacked_distribution(space), th.device("cpu"))
+    optimizer = StackedAdam(policy.parameters())
+    for k, run in enumerate(runs):
+        state = run["adam"]["state"]
+        optimizer.load_member_state(
+            k,
+            {
+                "step": float(state[0]["step"]),
+                "exp_avg": [state[i]["exp_avg"] for i in range(len(state))],
+                "exp_avg_sq": [state[i]["exp_avg_sq"] for i in range(len(state))],
+            },
+        )
+    models = [run["model"] for run in runs]
+    coefficients = MemberCoefficients.at(models, 0.6, th.device("cpu"))
+    orders = [np.stack([run["orders"][epoch] for run in runs]) for epoch in range(3)]
+    stats = update(policy, optimizer, _stack_rollouts(runs), coefficients, orders, batch_size=32, normalize_advantage=True)
+
+    for k, (name, run) in enumerate(zip(names, runs)):
+        ours = th.nn.utils.parameters_to_vector(policy.member_state_dict(k).values())
+        moved = (run["after"] - _params(run["model"])).abs().max()
+        assert (moved > 1e-4) == (name != "target_kl_stops"), name  # the update did move the parameters (or stopped)
+        assert th.allclose(ours, run["after"], rtol=1e-4, atol=1e-6), (name, (ours - run["after"]).abs().max(), moved)
+        for key in ("kl", "clip_fraction", "approx_kl", "value_loss", "policy_gradient_loss", "entropy_loss", "loss"):
+            assert stats[key][k] == pytest.approx(run["logs"][f"train/{key}"], rel=1e-3, abs=1e-6), (name, key)
+        assert stats["n_epochs_run"][k] == run["logs"]["train/n_updates"] - run["n_updates"], name
+    stopped = names.index("target_kl_stops")
+    assert stats["n_epochs_run"][stopped] == 1
+    assert optimizer.step_count[stopped] == float(runs[stopped]["adam"]["state"][0]["step"])  # no Adam step taken
+    assert optimizer.step_count[0] == float(runs[0]["adam"]["state"][0]["step"]) + 6
