@@ -242,3 +242,135 @@ def test_a_member_trains_as_it_would_alone(variant: str) -> None:
     # ... and the test can fail: the member with another seed ended elsewhere
     other = th.nn.utils.parameters_to_vector(together.policy.member_state_dict(3).values())
     assert not th.allclose(other, reference, atol=1e-3)
+
+
+class _MatchEnv(gym.Env):
+    """Box observations; reward 1 for each action component that matches a target derived from the observation."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, action_space: gym.spaces.Space):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (4,), dtype=np.float32)
+        self.action_space = action_space
+        self._obs = np.zeros(4, dtype=np.float32)
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._t = 0
+        self._obs = self.np_random.uniform(-1, 1, 4).astype(np.float32)
+        return self._obs, {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        flat = np.asarray(action, dtype=np.float32).reshape(-1)
+        target = (self._obs[: len(flat)] > 0).astype(np.float32)
+        reward = float(-np.abs(flat - target).sum())
+        self._t += 1
+        self._obs = self.np_random.uniform(-1, 1, 4).astype(np.float32)
+        return self._obs, reward, self._t >= 20, False, {}
+
+
+SPACES = {
+    "MultiDiscrete": gym.spaces.MultiDiscrete([3, 2]),
+    "MultiBinary": gym.spaces.MultiBinary(3),
+    "Box": gym.spaces.Box(-1.0, 2.0, (2,), dtype=np.float32),
+    "Discrete": gym.spaces.Discrete(3),
+}
+for _name, _space in SPACES.items():
+    gym.register(f"PopulationMatch{_name}-v0", entry_point=_MatchEnv, kwargs={"action_space": _space})
+
+
+@pytest.mark.parametrize("space", list(SPACES))
+def test_distributions_equal_sb3_policy_on_every_action_space(space: str) -> None:
+    members = [dict(seed=0), dict(variant="clip_kl", seed=1, kl_coef=0.5)]
+    pop = Population(f"PopulationMatch{space}-v0", members, hyperparams=dict(n_steps=32, n_envs=2, batch_size=16), device="cpu")
+    pop.learn(128)  # two updates: the weights are no longer the initial ones
+    pop._reset()
+    data = pop._collect()
+    with th.no_grad():
+        all_params, _ = pop.policy.forward(data.observations)
+    for k, model in enumerate(pop.models()):
+        with th.no_grad():
+            dist = model.policy.get_distribution(data.observations[k])
+            actions = data.actions[k].squeeze(-1) if space == "Discrete" else data.actions[k]
+            assert th.allclose(data.old_log_prob[k], dist.log_prob(actions), atol=1e-5)
+            params = all_params[k : k + 1]
+            entropy = pop.distribution.entropy(params)[0]
+            assert th.allclose(entropy, dist.entropy(), atol=1e-5)
+            kl = pop.distribution.kl(data.old_dist_params[k : k + 1], params)[0]
+            assert kl.abs().max() < 1e-5  # the same policy as at collection: no KL
+            deterministic = model.predict(data.observations[k].numpy(), deterministic=True)[0]
+            ours = pop.distribution.env_actions(pop.distribution.mode(params))
+            assert np.allclose(np.asarray(deterministic).reshape(ours.shape), ours, atol=1e-5)
+        low = data.actions[k].min().item()
+        assert low >= 0 or space == "Box"
+    assert len(pop.episode_returns[0]) > 0
+
+
+def test_models_are_ordinary_sb3_models_that_evaluate_save_load_and_learn_on(tmp_path: Path) -> None:
+    members = [dict(seed=4), dict(variant="adaptive_kl", seed=5, kl_target=0.005)]
+    hyperparams = dict(n_steps=128, n_envs=2, batch_size=64, n_epochs=2, normalize=True, gamma=0.9)
+    pop = Population("Pendulum-v1", members, hyperparams=hyperparams, device="cpu").learn(512)
+    scores = pop.evaluate(n_eval_episodes=2)
+    models = pop.models()
+    for k, (member, model) in enumerate(zip(members, models)):
+        assert type(model) is VARIANTS[member.get("variant", "clip")]
+        assert model.num_timesteps == pop.num_timesteps == 512
+        assert th.equal(_params(model), th.nn.utils.parameters_to_vector(pop.policy.member_state_dict(k).values()))
+        env = model.get_env()
+        assert isinstance(env, VecNormalize)
+        assert np.allclose(env.obs_rms.mean, pop.normalizer.obs_rms[k].mean)
+        # the member's evaluation is evaluate_policy's on an env seeded seed + EVAL_SEED_OFFSET with its statistics
+        eval_env = make_env("Pendulum-v1", {"normalize": True}, seed=member["seed"] + EVAL_SEED_OFFSET, n_envs=1)
+        eval_env.training, eval_env.norm_reward = False, False
+        eval_env.obs_rms = env.obs_rms.copy()
+        mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=2, deterministic=True)
+        assert scores[k] == pytest.approx(mean, rel=1e-4)
+    assert models[1].kl_controller.value == pop.kl_controllers[1].value != 1.0
+    assert models[1].kl_controller is not pop.kl_controllers[1]
+    assert models[0]._n_updates == pop.n_updates[0] == 4  # 2 rollouts x 2 epochs
+    models[1].save(tmp_path / "member")
+    loaded = VARIANTS["adaptive_kl"].load(tmp_path / "member", device="cpu")
+    assert th.equal(_params(loaded), _params(models[1]))
+    assert loaded.kl_controller.value == models[1].kl_controller.value
+    models[0].learn(256)  # and it trains on, from the member's Adam state
+    assert not th.equal(_params(models[0]), th.nn.utils.parameters_to_vector(pop.policy.member_state_dict(0).values()))
+
+
+def test_save_and_load_resume_where_the_population_stopped(tmp_path: Path) -> None:
+    members = [dict(seed=0), dict(variant="clip_kl", seed=1, kl_target=0.01)]
+    hyperparams = {**CARTPOLE, "normalize": True}
+
+    def build() -> Population:
+        return Population("CartPole-v1", members, hyperparams=hyperparams, device="cpu")
+
+    straight = build().learn(512)
+    straight.learn(512, reset_num_timesteps=False)
+    interrupted = build().learn(512)
+    interrupted.save(tmp_path / "population.pt")
+    del interrupted
+    resumed = Population.load(tmp_path / "population.pt", device="cpu").learn(512, reset_num_timesteps=False)
+    for k in range(2):
+        ours = th.nn.utils.parameters_to_vector(resumed.policy.member_state_dict(k).values())
+        reference = th.nn.utils.parameters_to_vector(straight.policy.member_state_dict(k).values())
+        assert th.equal(ours, reference)
+        assert resumed.episode_returns[k] == straight.episode_returns[k]
+        assert np.array_equal(resumed.normalizer.obs_rms[k].mean, straight.normalizer.obs_rms[k].mean)
+    assert resumed.kl_controllers[1].value == straight.kl_controllers[1].value
+    assert resumed.num_timesteps == 1024
+
+
+def test_evaluation_callback_records_scores_and_can_stop_training() -> None:
+    seen: list[int] = []
+
+    def prune(timestep: int, scores: np.ndarray) -> bool:
+        seen.append(timestep)
+        return timestep < 512
+
+    callback = PopulationEvalCallback([256, 512, 768], n_eval_episodes=2, on_evaluation=prune)
+    pop = Population("CartPole-v1", [dict(seed=0), dict(seed=1)], hyperparams=CARTPOLE, device="cpu")
+    pop.learn(1024, callback=callback)
+    assert callback.timesteps == seen == [256, 512]
+    assert callback.scores.shape == (2, 2)
+    assert pop.num_timesteps == 512  # stopped after the second evaluation
+    assert (callback.scores >= 8).all()  # CartPole episodes last at least 8 steps
