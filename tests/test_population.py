@@ -283,7 +283,9 @@ for _name, _space in SPACES.items():
 @pytest.mark.parametrize("space", list(SPACES))
 def test_distributions_equal_sb3_policy_on_every_action_space(space: str) -> None:
     members = [dict(seed=0), dict(variant="clip_kl", seed=1, kl_coef=0.5)]
-    pop = Population(f"PopulationMatch{space}-v0", members, hyperparams=dict(n_steps=32, n_envs=2, batch_size=16), device="cpu")
+    pop = Population(
+        f"PopulationMatch{space}-v0", members, hyperparams=dict(n_steps=32, n_envs=2, batch_size=16), device="cpu"
+    )
     pop.learn(128)  # two updates: the weights are no longer the initial ones
     pop._reset()
     data = pop._collect()
@@ -374,3 +376,73 @@ def test_evaluation_callback_records_scores_and_can_stop_training() -> None:
     assert callback.scores.shape == (2, 2)
     assert pop.num_timesteps == 512  # stopped after the second evaluation
     assert (callback.scores >= 8).all()  # CartPole episodes last at least 8 steps
+
+
+@pytest.mark.parametrize(
+    ("members", "hyperparams", "error", "match"),
+    [
+        ([], None, ValueError, "members must be a non-empty list"),
+        ([dict(seed=0), "clip"], None, TypeError, "member 1 must be a dict"),
+        ([dict(variant="ppo2", seed=0)], None, ValueError, r"member 0: variant must be one of \['clip'"),
+        ([dict(variant="kl")], None, ValueError, r"member 0 \(kl\): seed is required"),
+        ([dict(seed=0), dict(seed=1.5)], None, TypeError, "member 1 .*seed must be an int, got 1.5"),
+        ([dict(seed=0), dict(seed=1, clip_range=-0.1)], None, ValueError, r"member 1 \(clip, seed 1\): clip_range must be >"),
+        ([dict(seed=0, clip_rnage=0.1)], None, TypeError, r"member 0 \(clip, seed 0\): .*clip_rnage"),
+        (
+            [dict(seed=0), dict(variant="kl", seed=1, kl_estimator="k9")],
+            None,
+            ValueError,
+            "member 1 .*kl_estimator must be one of",
+        ),
+        (
+            [dict(seed=0), dict(seed=1, n_steps=64), dict(seed=2, n_steps=64)],
+            {"n_steps": 32},
+            ValueError,
+            r"n_steps must be equal across a population's members .*32 for members \[0\]; 64 for members \[1, 2\]",
+        ),
+        ([dict(seed=0), dict(seed=1, n_envs=2)], None, ValueError, r"n_envs must be equal .*\[1\]"),
+        (
+            [dict(seed=0), dict(seed=1, policy_kwargs="dict(net_arch=[32])")],
+            None,
+            ValueError,
+            "policy_kwargs must be equal",
+        ),
+        (
+            [dict(seed=0, use_sde=True)],
+            None,
+            ValueError,
+            "member 0 .*use_sde=True is not supported in a population; train it as a solo",
+        ),
+        ([dict(seed=0)], {"policy": "CnnPolicy"}, ValueError, "member 0 .*policy must be 'MlpPolicy' in a population"),
+        ([dict(seed=0, device="cpu")], None, ValueError, "'device' is a setting of the Population"),
+    ],
+)
+def test_bad_input_fails_before_training_naming_the_member_and_argument(
+    members: list[Any], hyperparams: dict[str, Any] | None, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        Population("CartPole-v1", members, hyperparams=hyperparams, device="cpu")
+
+
+def test_unsupported_environments_and_budgets_fail_clearly() -> None:
+    with pytest.raises(ValueError, match="not a registered gymnasium environment"):
+        Population("NoSuchEnv-v0", [dict(seed=0)])
+    with pytest.raises(ValueError, match=r"observation space .* is not supported in a population"):
+        Population("Blackjack-v1", [dict(seed=0)])  # Tuple observations
+    pop = Population("CartPole-v1", [dict(seed=0)], device="cpu")
+    with pytest.raises(ValueError, match="total_timesteps must be an int >= 1, got 0"):
+        pop.learn(0)
+    with pytest.raises(ValueError, match="n_eval_episodes must be an int >= 1"):
+        pop.evaluate(0)
+    with pytest.raises(ValueError, match="eval_points must be a non-empty list"):
+        PopulationEvalCallback([])
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="no CUDA device")
+def test_a_population_trains_on_cuda_as_on_the_cpu() -> None:
+    members = [dict(seed=0), dict(variant="clip_kl", seed=1)]
+    on_gpu = Population("CartPole-v1", members, hyperparams=CARTPOLE, device="cuda").learn(512)
+    assert on_gpu.policy.params["action_net.weight"].device.type == "cuda"
+    on_cpu = Population("CartPole-v1", members, hyperparams=CARTPOLE, device="cpu").learn(512)
+    assert len(on_gpu.episode_returns[0]) > 0 and len(on_cpu.episode_returns[0]) > 0
+    assert all(m.device.type == "cuda" for m in (on_gpu.models()[0],))
