@@ -105,8 +105,8 @@ def test_one_population_update_gives_each_member_the_parameters_of_variant_ppo_t
             k,
             {
                 "step": float(state[0]["step"]),
-                "exp_avg": [state[i]["exp_avg"] for i in range(len(state))],
-                "exp_avg_sq": [state[i]["exp_avg_sq"] for i in range(len(state))],
+                "exp_avg": [policy.from_member_layout([state[i]["exp_avg"] for i in range(len(state))])],
+                "exp_avg_sq": [policy.from_member_layout([state[i]["exp_avg_sq"] for i in range(len(state))])],
             },
         )
     models = [run["model"] for run in runs]
@@ -442,7 +442,7 @@ def test_unsupported_environments_and_budgets_fail_clearly() -> None:
 def test_a_population_trains_on_cuda_as_on_the_cpu() -> None:
     members = [dict(seed=0), dict(variant="clip_kl", seed=1)]
     on_gpu = Population("CartPole-v1", members, hyperparams=CARTPOLE, device="cuda").learn(512)
-    assert on_gpu.policy.params["action_net.weight"].device.type == "cuda"
+    assert on_gpu.policy.flat.device.type == "cuda"
     on_cpu = Population("CartPole-v1", members, hyperparams=CARTPOLE, device="cpu").learn(512)
     assert len(on_gpu.episode_returns[0]) > 0 and len(on_cpu.episode_returns[0]) > 0
     assert all(m.device.type == "cuda" for m in (on_gpu.models()[0],))

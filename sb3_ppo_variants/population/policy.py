@@ -1,15 +1,17 @@
-"""K actor-critics of SB3's ``MlpPolicy`` shape, their parameters stacked into (K, ...) tensors, and one Adam
-over the stacked tensors with a learning rate, a step count and a gradient clipping norm per member.
+"""K actor-critics of SB3's ``MlpPolicy`` shape, their parameters stacked into one (K, P) tensor, and one Adam
+over it with a learning rate, a step count and a gradient clipping norm per member.
 
-The stacked parameters keep the names and layouts of the members' ``ActorCriticPolicy.named_parameters()``
-(a Linear's weight is (K, out, in)), so members go in and out of a population with ``state_dict``.
+Members go in and out of a population by their ``ActorCriticPolicy.state_dict()`` names and shapes
+(:meth:`StackedActorCritic.member_state_dict`, :meth:`StackedActorCritic.from_member_layout`).
 Adam and per-member gradient clipping are elementwise or per member: stacking changes no member's mathematics.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.policies import ActorCriticPolicy
 
@@ -18,21 +20,28 @@ from sb3_ppo_variants.population.distributions import StackedDistribution
 __all__ = ["StackedActorCritic", "StackedAdam"]
 
 
+_FUNCTIONS: dict[type, Callable[[th.Tensor], th.Tensor]] = {th.nn.Tanh: th.tanh, th.nn.ReLU: th.relu}
+
+
 def _layers(sequential: th.nn.Module, prefix: str) -> list[tuple[str, Any]]:
-    """("linear", parameter name prefix) or ("activation", module) for each layer of an MLP."""
+    """("linear", parameter name prefix) or ("activation", function) for each layer of an MLP."""
     layers: list[tuple[str, Any]] = []
     for index, module in enumerate(sequential.children()):
         if isinstance(module, th.nn.Linear):
             layers.append(("linear", f"{prefix}.{index}"))
         elif next(module.parameters(), None) is None:
-            layers.append(("activation", module))
+            layers.append(("activation", _FUNCTIONS.get(type(module), module)))
         else:
             raise ValueError(f"policy layer {prefix}.{index} ({type(module).__name__}) is not supported in a population")
     return layers
 
 
 class StackedActorCritic:
-    """The members' policies as one set of stacked tensors with a batched forward pass.
+    """The members' policies as one (K, P) parameter tensor with a batched forward pass.
+
+    Each member's parameters lie in one row, in the order of ``ActorCriticPolicy.named_parameters()``; a Linear's
+    weight is stored transposed, (in, out), so the forward pass is ``baddbmm(bias, x, weight)`` without copies.
+    One tensor makes Adam and the per-member gradient clipping a handful of operations, whatever the depth.
 
     :param policies: one SB3 ``ActorCriticPolicy`` per member, all of the same architecture (MlpPolicy, no gSDE)
     :param distribution: the stacked action distribution of their action space
@@ -42,43 +51,85 @@ class StackedActorCritic:
     def __init__(self, policies: list[ActorCriticPolicy], distribution: StackedDistribution, device: th.device):
         named = [dict(policy.named_parameters()) for policy in policies]
         self.names = list(named[0])
-        self.params: dict[str, th.Tensor] = {
-            name: th.stack([member[name].detach() for member in named]).to(device).requires_grad_(True) for name in self.names
-        }
+        # name -> (offset, size, stored shape, whether stored transposed)
+        self.layout: dict[str, tuple[int, int, tuple[int, ...], bool]] = {}
+        offset = 0
+        for name in self.names:
+            shape = tuple(named[0][name].shape)
+            transposed = name.endswith(".weight") and len(shape) == 2
+            size = int(np.prod(shape))
+            self.layout[name] = (offset, size, (shape[1], shape[0]) if transposed else shape, transposed)
+            offset += size
+        self.n_members = len(policies)
+        self.flat = th.stack([self.from_member_layout(member) for member in named]).to(device).requires_grad_(True)
+        with th.no_grad():
+            self._frozen = self._views(self.flat)  # share the storage: they see every update
         template = policies[0]
         self.pi_layers = _layers(template.mlp_extractor.policy_net, "mlp_extractor.policy_net")
         self.vf_layers = _layers(template.mlp_extractor.value_net, "mlp_extractor.value_net")
         self.distribution = distribution
-        self.n_members = len(policies)
         self.device = device
 
+    def _views(self, flat: th.Tensor) -> dict[str, th.Tensor]:
+        return {
+            name: flat[:, offset : offset + size].view(flat.shape[0], *stored)
+            for name, (offset, size, stored, _) in self.layout.items()
+        }
+
+    @property
+    def params(self) -> dict[str, th.Tensor]:
+        """The stacked parameters by name, (K, *stored shape) views without gradient (weights as (K, in, out))."""
+        return self._views(self.flat.detach())
+
     def parameters(self) -> list[th.Tensor]:
-        return [self.params[name] for name in self.names]
+        return [self.flat]
 
-    def _linear(self, x: th.Tensor, name: str) -> th.Tensor:
-        # x (K, batch, in) @ weight (K, out, in)^T + bias (K, 1, out)
-        return th.baddbmm(self.params[f"{name}.bias"].unsqueeze(1), x, self.params[f"{name}.weight"].transpose(1, 2))
+    def from_member_layout(self, tensors: Mapping[str, th.Tensor] | list[th.Tensor]) -> th.Tensor:
+        """One member's row (P,) from tensors shaped as in its ``ActorCriticPolicy`` (by name or in order)."""
+        values = tensors if isinstance(tensors, list) else [tensors[name] for name in self.names]
+        parts = []
+        for name, value in zip(self.names, values):
+            value = value.detach()
+            parts.append((value.t() if self.layout[name][3] else value).reshape(-1))
+        return th.cat(parts)
 
-    def _mlp(self, x: th.Tensor, layers: list[tuple[str, Any]]) -> th.Tensor:
+    def to_member_layout(self, row: th.Tensor) -> dict[str, th.Tensor]:
+        """Tensors shaped as in the member's ``ActorCriticPolicy`` from its row (P,) (CPU copies)."""
+        result = {}
+        for name, (offset, size, stored, transposed) in self.layout.items():
+            value = row[offset : offset + size].detach().reshape(stored)
+            result[name] = (value.t() if transposed else value).cpu().clone(memory_format=th.contiguous_format)
+        return result
+
+    def _linear(self, x: th.Tensor, params: dict[str, th.Tensor], name: str) -> th.Tensor:
+        # x (K, batch, in) @ weight (K, in, out) + bias (K, 1, out)
+        return th.baddbmm(params[f"{name}.bias"].unsqueeze(1), x, params[f"{name}.weight"])
+
+    def _mlp(self, x: th.Tensor, params: dict[str, th.Tensor], layers: list[tuple[str, Any]]) -> th.Tensor:
         for kind, item in layers:
-            x = self._linear(x, item) if kind == "linear" else item(x)
+            x = self._linear(x, params, item) if kind == "linear" else item(x)
         return x
+
+    def _current(self) -> dict[str, th.Tensor]:
+        return self._views(self.flat) if th.is_grad_enabled() else self._frozen
 
     def forward(self, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Distribution parameters (K, batch, d) and values (K, batch) for observations (K, batch, obs_dim)."""
-        latent_pi = self._mlp(observations, self.pi_layers)
-        latent_vf = self._mlp(observations, self.vf_layers)
-        action_out = self._linear(latent_pi, "action_net")
-        values = self._linear(latent_vf, "value_net").squeeze(-1)
-        return self.distribution.params(action_out, self.params.get("log_std")), values
+        params = self._current()
+        latent_pi = self._mlp(observations, params, self.pi_layers)
+        latent_vf = self._mlp(observations, params, self.vf_layers)
+        action_out = self._linear(latent_pi, params, "action_net")
+        values = self._linear(latent_vf, params, "value_net").squeeze(-1)
+        return self.distribution.params(action_out, params.get("log_std")), values
 
     def values(self, observations: th.Tensor) -> th.Tensor:
         """Values (K, batch) only."""
-        return self._linear(self._mlp(observations, self.vf_layers), "value_net").squeeze(-1)
+        params = self._current()
+        return self._linear(self._mlp(observations, params, self.vf_layers), params, "value_net").squeeze(-1)
 
     def member_state_dict(self, k: int) -> dict[str, th.Tensor]:
-        """Member k's parameters, named as in its ``ActorCriticPolicy`` (copies on the CPU)."""
-        return {name: tensor[k].detach().cpu().clone() for name, tensor in self.params.items()}
+        """Member k's parameters, named and shaped as in its ``ActorCriticPolicy`` (copies on the CPU)."""
+        return self.to_member_layout(self.flat[k])
 
 
 class StackedAdam:
@@ -146,7 +197,7 @@ class StackedAdam:
                 exp_avg_sq.copy_(new_sq)
 
     def member_state(self, k: int) -> dict[str, Any]:
-        """Member k's Adam state: its step count and moment estimates (CPU copies), by parameter position."""
+        """Member k's Adam state: its step count and moment estimates, one (CPU) tensor per stacked parameter."""
         return {
             "step": float(self.step_count[k]),
             "exp_avg": [m[k].detach().cpu().clone() for m in self.exp_avg],
@@ -154,9 +205,24 @@ class StackedAdam:
         }
 
     def load_member_state(self, k: int, state: dict[str, Any]) -> None:
+        """Set member k's Adam state (as :meth:`member_state` gives it)."""
         with th.no_grad():
             self.step_count[k] = state["step"]
             for m, value in zip(self.exp_avg, state["exp_avg"]):
                 m[k].copy_(value)
             for v, value in zip(self.exp_avg_sq, state["exp_avg_sq"]):
                 v[k].copy_(value)
+
+    def state(self) -> dict[str, Any]:
+        """Everything the optimiser learned (CPU copies), for saving."""
+        return {
+            "step": self.step_count.cpu(),
+            "exp_avg": [m.cpu() for m in self.exp_avg],
+            "exp_avg_sq": [v.cpu() for v in self.exp_avg_sq],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with th.no_grad():
+            self.step_count.copy_(state["step"])
+            for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
+                mine.copy_(saved)

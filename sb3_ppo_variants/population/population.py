@@ -571,9 +571,11 @@ class Population:
             if state["step"] > 0:
                 optimizer = model.policy.optimizer
                 saved = optimizer.state_dict()
+                exp_avg = self.policy.to_member_layout(state["exp_avg"][0]).values()
+                exp_avg_sq = self.policy.to_member_layout(state["exp_avg_sq"][0]).values()
                 saved["state"] = {
                     i: {"step": th.tensor(state["step"]), "exp_avg": m.to(self.device), "exp_avg_sq": v.to(self.device)}
-                    for i, (m, v) in enumerate(zip(state["exp_avg"], state["exp_avg_sq"]))
+                    for i, (m, v) in enumerate(zip(exp_avg, exp_avg_sq))
                 }
                 optimizer.load_state_dict(saved)
             model.kl_controller = copy.deepcopy(self.kl_controllers[k])
@@ -594,12 +596,8 @@ class Population:
             "members": self.member_specs,
             "hyperparams": self.hyperparams,
             "verbose": self.verbose,
-            "params": {name: tensor.detach().cpu() for name, tensor in self.policy.params.items()},
-            "adam": {
-                "step": self.optimizer.step_count.cpu(),
-                "exp_avg": [m.cpu() for m in self.optimizer.exp_avg],
-                "exp_avg_sq": [v.cpu() for v in self.optimizer.exp_avg_sq],
-            },
+            "params": self.policy.flat.detach().cpu(),
+            "adam": self.optimizer.state(),
             "torch_generators": [g.get_state() for g in self.torch_generators],
             "numpy_generators": [rng.bit_generator.state for rng in self.numpy_generators],
             "kl_controllers": self.kl_controllers,
@@ -630,13 +628,8 @@ class Population:
         state = th.load(path, map_location="cpu", weights_only=False)
         population = cls(state["env_id"], state["members"], state["hyperparams"], device=device, verbose=state["verbose"])
         with th.no_grad():
-            for name, tensor in state["params"].items():
-                population.policy.params[name].copy_(tensor)
-            population.optimizer.step_count.copy_(state["adam"]["step"])
-            for mine, saved in zip(population.optimizer.exp_avg, state["adam"]["exp_avg"]):
-                mine.copy_(saved)
-            for mine, saved in zip(population.optimizer.exp_avg_sq, state["adam"]["exp_avg_sq"]):
-                mine.copy_(saved)
+            population.policy.flat.copy_(state["params"])
+        population.optimizer.load_state(state["adam"])
         for generator, saved in zip(population.torch_generators, state["torch_generators"]):
             generator.set_state(saved)
         for rng, saved in zip(population.numpy_generators, state["numpy_generators"]):
