@@ -4,6 +4,7 @@ for all of them, each member a solo run's mathematics with its own seeds and ran
 from __future__ import annotations
 
 import copy
+import pickle
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -166,24 +167,28 @@ def _check_policy_kwargs(policy_kwargs: dict[str, Any]) -> None:
 
 
 class PopulationCallback:
-    """Called by :meth:`Population.learn` after each policy update of the population; return False to stop."""
+    """Called by :meth:`Population.learn` before the first rollout and after each policy update of the population;
+    returning False stops training (from ``on_learn_start``: before any rollout)."""
 
-    def on_learn_start(self, population: Population) -> None:
-        """Before the first rollout of a ``learn()`` call."""
+    def on_learn_start(self, population: Population) -> bool:
+        return True
 
     def on_update(self, population: Population) -> bool:
         return True
 
 
 class PopulationEvalCallback(PopulationCallback):
-    """Evaluate every member (:meth:`Population.evaluate`) once the members' timesteps reach each of ``eval_points``.
+    """Evaluate every member (:meth:`Population.evaluate`) once the members' timesteps reach each of ``eval_points``
+    (0: before training), as a solo run advanced point by point is evaluated (whole rollouts: a point is evaluated
+    after the first update that reaches it).
 
-    :param eval_points: member timesteps at which to evaluate (e.g. ``evaluation_points(total, n)``)
+    :param eval_points: member timesteps at which to evaluate (e.g. ``evaluation_points(total, n)``), >= 0
     :param n_eval_episodes: deterministic episodes per member and evaluation
     :param on_evaluation: ``on_evaluation(timestep, scores)`` after each evaluation, ``scores`` (K,); returning
         False stops training (a tuner's pruning); an exception propagates out of ``learn()``
     :attr timesteps: the points evaluated so far
-    :attr scores: (n_points evaluated, K) mean returns
+    :attr reached: the members' timesteps when each point was evaluated
+    :attr scores: (points evaluated, K) mean returns
     """
 
     def __init__(
@@ -193,23 +198,28 @@ class PopulationEvalCallback(PopulationCallback):
         on_evaluation: Callable[[int, np.ndarray], bool | None] | None = None,
     ):
         points = sorted(int(p) for p in eval_points)
-        if not points or points[0] <= 0:
-            raise ValueError(f"eval_points must be a non-empty list of timesteps > 0, got {eval_points!r}")
+        if not points or points[0] < 0:
+            raise ValueError(f"eval_points must be a non-empty list of timesteps >= 0, got {eval_points!r}")
         self.eval_points = points
         self.n_eval_episodes = n_eval_episodes
         self.on_evaluation = on_evaluation
         self.timesteps: list[int] = []
+        self.reached: list[int] = []
         self._scores: list[np.ndarray] = []
 
     @property
     def scores(self) -> np.ndarray:
         return np.array(self._scores)
 
+    def on_learn_start(self, population: Population) -> bool:
+        return self.on_update(population)
+
     def on_update(self, population: Population) -> bool:
         pending = [p for p in self.eval_points if p <= population.num_timesteps and p not in self.timesteps]
         for point in pending:
             scores = population.evaluate(self.n_eval_episodes)
             self.timesteps.append(point)
+            self.reached.append(population.num_timesteps)
             self._scores.append(scores)
             if self.on_evaluation is not None and self.on_evaluation(point, scores) is False:
                 return False
@@ -502,15 +512,13 @@ class Population:
             bar = tqdm(total=total * self.n_members, initial=self.num_timesteps * self.n_members)
         step_size = self.n_envs * self.n_members
         on_step = None if bar is None else (lambda: bar.update(step_size))
-        if callback is not None:
-            callback.on_learn_start(self)
+        running = callback is None or callback.on_learn_start(self) is not False
         try:
-            while self.num_timesteps < total:
+            while running and self.num_timesteps < total:
                 data = self._collect(on_step)
                 self._progress_remaining = min(1.0, max(0.0, 1.0 - self.num_timesteps / total))
                 self._train(data)
-                if callback is not None and callback.on_update(self) is False:
-                    break
+                running = callback is None or callback.on_update(self) is not False
         finally:
             if bar is not None:
                 bar.close()
@@ -590,7 +598,15 @@ class Population:
 
     def save(self, path: str | Path) -> None:
         """Save the whole population (parameters, Adam states, KL controllers, normalisation statistics, random
-        streams, counters and the environments' state), so that :meth:`load` resumes where it stopped."""
+        streams, counters and the environments' state), so that :meth:`load` resumes where it stopped.
+
+        Environments that cannot be pickled (Box2D's) are not saved: a loaded population then starts new
+        episodes on fresh environments, as a loaded SB3 model does."""
+        envs: dict[str, Any] = {"envs": self.envs, "_eval_envs": self._eval_envs}
+        try:
+            pickle.dumps(envs)
+        except Exception:  # e.g. Box2D worlds do not pickle
+            envs = {"_last_obs": None}
         state = {
             "env_id": self.env_id,
             "members": self.member_specs,
@@ -615,10 +631,9 @@ class Population:
                     "_last_episode_starts",
                     "_episode_return",
                     "_episode_length",
-                    "envs",
-                    "_eval_envs",
                 )
             },
+            "envs": envs,
         }
         th.save(state, path)
 
@@ -636,6 +651,8 @@ class Population:
             rng.bit_generator.state = saved
         for member, controller in zip(population._members, state["kl_controllers"]):
             member.template.kl_controller = controller
-        population.envs.close()
         population.__dict__.update(state["plain"])
+        if "envs" in state["envs"]:
+            population.envs.close()
+        population.__dict__.update(state["envs"])
         return population
