@@ -59,3 +59,14 @@ def test_population_quick_reports_a_paired_ratio_per_population_size() -> None:
         population, sb3, median, low, high = int(row[1]), int(row[2]), *map(float, row.groups()[2:])
         assert population > 0 and sb3 > 0 and 0 < low <= median <= high
         assert median == pytest.approx(population / sb3, rel=0.01)  # one round: the ratio of the two rates
+
+
+@pytest.mark.slow
+def test_population_learning_quick_reports_the_probability_of_improvement() -> None:
+    out = _run("population_learning.py", "--quick")
+    row = re.search(r"^\| CartPole-v1 \| rl-zoo3 \| 2,048 \| 2 \| ([\d.]+) \+- [\d.]+ \| ([\d.]+) \+- [\d.]+ \| "
+                    r"([\d.]+) \[([\d.]+), ([\d.]+)\] \|", out, re.M)  # fmt: skip
+    assert row, out
+    population, solo, probability, low, high = map(float, row.groups())
+    assert 0 < population <= 500 and 0 < solo <= 500
+    assert 0 <= low <= probability <= high <= 1
