@@ -121,17 +121,22 @@ def _run(algorithm: str, env_id: str, hyperparams: dict[str, Any], timesteps: in
     )
 
 
-def measure(algorithm: str, env_id: str, hyperparams: dict[str, Any], timesteps: int) -> dict[str, float]:
-    """One learn() in a fresh process: steps/s, time shares and peak memory."""
+def in_fresh_process(target: Any, *args: Any) -> dict[str, float]:
+    """``target(*args, queue)`` in a fresh (spawned) process; what it puts on the queue (so peak memory is its own)."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_run, args=(algorithm, env_id, hyperparams, timesteps, queue))
+    process = context.Process(target=target, args=(*args, queue))
     process.start()
     result = queue.get()
     process.join()
     if process.exitcode != 0:
-        raise RuntimeError(f"{algorithm} on {env_id} exited with {process.exitcode}")
+        raise RuntimeError(f"{target.__name__}{args[:2]} exited with {process.exitcode}")
     return result
+
+
+def measure(algorithm: str, env_id: str, hyperparams: dict[str, Any], timesteps: int) -> dict[str, float]:
+    """One learn() in a fresh process: steps/s, time shares and peak memory."""
+    return in_fresh_process(_run, algorithm, env_id, hyperparams, timesteps)
 
 
 def benchmark(settings: list[str], rounds: int, timesteps: int | None) -> list[dict[str, Any]]:

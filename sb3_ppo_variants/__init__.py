@@ -8,6 +8,7 @@ from sb3_ppo_variants.algorithm import (
     VariantPPO,
 )
 from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController
+from sb3_ppo_variants.population import Population, PopulationEvalCallback
 from sb3_ppo_variants.variants import (
     KLPPO,
     AdaptiveKLPPO,
@@ -58,6 +59,8 @@ __all__ = [
     "MaskableKLPPO",
     "MaskableVariantPPO",
     "NonFiniteLossError",
+    "Population",
+    "PopulationEvalCallback",
     "RecurrentAdaptiveKLPPO",
     "RecurrentClipKLPPO",
     "RecurrentClipPPO",

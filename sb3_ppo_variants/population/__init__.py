@@ -1,0 +1,16 @@
+"""Population training: K PPO runs of equal shapes trained together in stacked (K, ...) tensors.
+
+members = [dict(variant="clip_kl", seed=s, kl_coef=0.1) for s in range(8)]
+pop = Population("CartPole-v1", members, hyperparams=entry).learn(100_000)
+scores = pop.evaluate(n_eval_episodes=10)   # (K,)
+models = pop.models()                       # K ordinary SB3 models (ClipKLPPO, ...)
+"""
+
+from sb3_ppo_variants.population.population import (
+    STRUCTURAL_SETTINGS,
+    Population,
+    PopulationCallback,
+    PopulationEvalCallback,
+)
+
+__all__ = ["STRUCTURAL_SETTINGS", "Population", "PopulationCallback", "PopulationEvalCallback"]

@@ -1,0 +1,228 @@
+"""K actor-critics of SB3's ``MlpPolicy`` shape, their parameters stacked into one (K, P) tensor, and one Adam
+over it with a learning rate, a step count and a gradient clipping norm per member.
+
+Members go in and out of a population by their ``ActorCriticPolicy.state_dict()`` names and shapes
+(:meth:`StackedActorCritic.member_state_dict`, :meth:`StackedActorCritic.from_member_layout`).
+Adam and per-member gradient clipping are elementwise or per member: stacking changes no member's mathematics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from sb3_ppo_variants.population.distributions import StackedDistribution
+
+__all__ = ["StackedActorCritic", "StackedAdam"]
+
+
+_FUNCTIONS: dict[type, Callable[[th.Tensor], th.Tensor]] = {th.nn.Tanh: th.tanh, th.nn.ReLU: th.relu}
+
+
+def _layers(sequential: th.nn.Module, prefix: str) -> list[tuple[str, Any]]:
+    """("linear", parameter name prefix) or ("activation", function) for each layer of an MLP."""
+    layers: list[tuple[str, Any]] = []
+    for index, module in enumerate(sequential.children()):
+        if isinstance(module, th.nn.Linear):
+            layers.append(("linear", f"{prefix}.{index}"))
+        elif next(module.parameters(), None) is None:
+            layers.append(("activation", _FUNCTIONS.get(type(module), module)))
+        else:
+            raise ValueError(f"policy layer {prefix}.{index} ({type(module).__name__}) is not supported in a population")
+    return layers
+
+
+class StackedActorCritic:
+    """The members' policies as one (K, P) parameter tensor with a batched forward pass.
+
+    Each member's parameters lie in one row, in the order of ``ActorCriticPolicy.named_parameters()``; a Linear's
+    weight is stored transposed, (in, out), so the forward pass is ``baddbmm(bias, x, weight)`` without copies.
+    One tensor makes Adam and the per-member gradient clipping a handful of operations, whatever the depth.
+
+    :param policies: one SB3 ``ActorCriticPolicy`` per member, all of the same architecture (MlpPolicy, no gSDE)
+    :param distribution: the stacked action distribution of their action space
+    :param device: where the stacked tensors live
+    """
+
+    def __init__(self, policies: list[ActorCriticPolicy], distribution: StackedDistribution, device: th.device):
+        named = [dict(policy.named_parameters()) for policy in policies]
+        self.names = list(named[0])
+        # name -> (offset, size, stored shape, whether stored transposed)
+        self.layout: dict[str, tuple[int, int, tuple[int, ...], bool]] = {}
+        offset = 0
+        for name in self.names:
+            shape = tuple(named[0][name].shape)
+            transposed = name.endswith(".weight") and len(shape) == 2
+            size = int(np.prod(shape))
+            self.layout[name] = (offset, size, (shape[1], shape[0]) if transposed else shape, transposed)
+            offset += size
+        self.n_members = len(policies)
+        self.flat = th.stack([self.from_member_layout(member) for member in named]).to(device).requires_grad_(True)
+        with th.no_grad():
+            self._frozen = self._views(self.flat)  # share the storage: they see every update
+        template = policies[0]
+        self.pi_layers = _layers(template.mlp_extractor.policy_net, "mlp_extractor.policy_net")
+        self.vf_layers = _layers(template.mlp_extractor.value_net, "mlp_extractor.value_net")
+        self.distribution = distribution
+        self.device = device
+
+    def _views(self, flat: th.Tensor) -> dict[str, th.Tensor]:
+        return {
+            name: flat[:, offset : offset + size].view(flat.shape[0], *stored)
+            for name, (offset, size, stored, _) in self.layout.items()
+        }
+
+    @property
+    def params(self) -> dict[str, th.Tensor]:
+        """The stacked parameters by name, (K, *stored shape) views without gradient (weights as (K, in, out))."""
+        return self._views(self.flat.detach())
+
+    def parameters(self) -> list[th.Tensor]:
+        return [self.flat]
+
+    def from_member_layout(self, tensors: Mapping[str, th.Tensor] | list[th.Tensor]) -> th.Tensor:
+        """One member's row (P,) from tensors shaped as in its ``ActorCriticPolicy`` (by name or in order)."""
+        values = tensors if isinstance(tensors, list) else [tensors[name] for name in self.names]
+        parts = []
+        for name, value in zip(self.names, values):
+            value = value.detach()
+            parts.append((value.t() if self.layout[name][3] else value).reshape(-1))
+        return th.cat(parts)
+
+    def to_member_layout(self, row: th.Tensor) -> dict[str, th.Tensor]:
+        """Tensors shaped as in the member's ``ActorCriticPolicy`` from its row (P,) (CPU copies)."""
+        result = {}
+        for name, (offset, size, stored, transposed) in self.layout.items():
+            value = row[offset : offset + size].detach().reshape(stored)
+            result[name] = (value.t() if transposed else value).cpu().clone(memory_format=th.contiguous_format)
+        return result
+
+    def _linear(self, x: th.Tensor, params: dict[str, th.Tensor], name: str) -> th.Tensor:
+        # x (K, batch, in) @ weight (K, in, out) + bias (K, 1, out)
+        return th.baddbmm(params[f"{name}.bias"].unsqueeze(1), x, params[f"{name}.weight"])
+
+    def _mlp(self, x: th.Tensor, params: dict[str, th.Tensor], layers: list[tuple[str, Any]]) -> th.Tensor:
+        for kind, item in layers:
+            x = self._linear(x, params, item) if kind == "linear" else item(x)
+        return x
+
+    def _current(self) -> dict[str, th.Tensor]:
+        return self._views(self.flat) if th.is_grad_enabled() else self._frozen
+
+    def forward(self, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """Distribution parameters (K, batch, d) and values (K, batch) for observations (K, batch, obs_dim)."""
+        params = self._current()
+        latent_pi = self._mlp(observations, params, self.pi_layers)
+        latent_vf = self._mlp(observations, params, self.vf_layers)
+        action_out = self._linear(latent_pi, params, "action_net")
+        values = self._linear(latent_vf, params, "value_net").squeeze(-1)
+        return self.distribution.params(action_out, params.get("log_std")), values
+
+    def values(self, observations: th.Tensor) -> th.Tensor:
+        """Values (K, batch) only."""
+        params = self._current()
+        return self._linear(self._mlp(observations, params, self.vf_layers), params, "value_net").squeeze(-1)
+
+    def member_state_dict(self, k: int) -> dict[str, th.Tensor]:
+        """Member k's parameters, named and shaped as in its ``ActorCriticPolicy`` (copies on the CPU)."""
+        return self.to_member_layout(self.flat[k])
+
+
+class StackedAdam:
+    """``torch.optim.Adam`` (no weight decay, no amsgrad) over stacked parameters, with per-member learning
+    rates and step counts, preceded by per-member gradient-norm clipping (``clip_grad_norm_``'s formula).
+
+    Members whose ``active`` flag is off (stopped early by ``target_kl``) are left untouched, state included.
+
+    :param params: the stacked tensors, each (K, ...)
+    :param betas: Adam's betas (SB3's defaults)
+    :param eps: Adam's eps (SB3's ActorCriticPolicy uses 1e-5)
+    """
+
+    def __init__(self, params: list[th.Tensor], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-5):
+        self.params = params
+        self.betas = betas
+        self.eps = eps
+        n_members = params[0].shape[0]
+        self.step_count = th.zeros(n_members, dtype=th.float64, device=params[0].device)
+        self.exp_avg = [th.zeros_like(p) for p in params]
+        self.exp_avg_sq = [th.zeros_like(p) for p in params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @th.no_grad()
+    def clip_grad_norm(self, max_norm: th.Tensor) -> th.Tensor:
+        """Scale each member's gradient to a norm of at most ``max_norm`` (K,); returns the norms before."""
+        squares = th.stack([p.grad.reshape(p.shape[0], -1).pow(2).sum(dim=1) for p in self.params if p.grad is not None])
+        total = squares.sum(dim=0).sqrt()
+        scale = th.clamp(max_norm / (total + 1e-6), max=1.0)
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
+        return total
+
+    @th.no_grad()
+    def step(self, lr: th.Tensor, active: th.Tensor | None = None) -> None:
+        """One Adam step with learning rates ``lr`` (K,), for the members where ``active`` (K,) is true."""
+        beta1, beta2 = self.betas
+        everyone = active is None or bool(active.all())
+        mask = th.ones_like(self.step_count, dtype=th.bool) if active is None else active
+        self.step_count += mask.to(self.step_count.dtype)
+        step = self.step_count.clamp(min=1)
+        step_size = (lr.to(th.float64) / (1 - beta1**step)).to(self.params[0].dtype)
+        bias_correction2_sqrt = ((1 - beta2**step) ** 0.5).to(self.params[0].dtype)
+        for p, exp_avg, exp_avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            if p.grad is None:
+                continue
+            shape = (-1, *([1] * (p.dim() - 1)))
+            grad = p.grad
+            if everyone:
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(self.eps)
+                p.sub_(exp_avg / denom * step_size.view(shape))
+            else:
+                keep = mask.view(shape)
+                new_avg = th.where(keep, exp_avg.lerp(grad, 1 - beta1), exp_avg)
+                new_sq = th.where(keep, exp_avg_sq * beta2 + (1 - beta2) * grad * grad, exp_avg_sq)
+                denom = (new_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(self.eps)
+                p.copy_(th.where(keep, p - new_avg / denom * step_size.view(shape), p))
+                exp_avg.copy_(new_avg)
+                exp_avg_sq.copy_(new_sq)
+
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Member k's Adam state: its step count and moment estimates, one (CPU) tensor per stacked parameter."""
+        return {
+            "step": float(self.step_count[k]),
+            "exp_avg": [m[k].detach().cpu().clone() for m in self.exp_avg],
+            "exp_avg_sq": [v[k].detach().cpu().clone() for v in self.exp_avg_sq],
+        }
+
+    def load_member_state(self, k: int, state: dict[str, Any]) -> None:
+        """Set member k's Adam state (as :meth:`member_state` gives it)."""
+        with th.no_grad():
+            self.step_count[k] = state["step"]
+            for m, value in zip(self.exp_avg, state["exp_avg"]):
+                m[k].copy_(value)
+            for v, value in zip(self.exp_avg_sq, state["exp_avg_sq"]):
+                v[k].copy_(value)
+
+    def state(self) -> dict[str, Any]:
+        """Everything the optimiser learned (CPU copies), for saving."""
+        return {
+            "step": self.step_count.cpu(),
+            "exp_avg": [m.cpu() for m in self.exp_avg],
+            "exp_avg_sq": [v.cpu() for v in self.exp_avg_sq],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with th.no_grad():
+            self.step_count.copy_(state["step"])
+            for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
+                mine.copy_(saved)
