@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -13,9 +13,11 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET
-from sb3_ppo_variants.studies import ablation, plots, report, statistics
-from sb3_ppo_variants.studies.arms import VariantSpec
-from sb3_ppo_variants.studies.reference import ReferenceScore
+
+if TYPE_CHECKING:  # the ablation's modules (pandas, rliable, matplotlib) are imported by its functions only
+    from sb3_ppo_variants.studies.ablation import AblationResults
+    from sb3_ppo_variants.studies.arms import VariantSpec
+    from sb3_ppo_variants.studies.reference import ReferenceScore
 from sb3_ppo_variants.studies.search_spaces import params_to_kwargs
 from sb3_ppo_variants.studies.tuning import TuningSettings, best_hyperparams
 
@@ -110,7 +112,7 @@ def _state_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def _summary(
+def _tuning_summary(
     study: optuna.Study, settings: TuningSettings, storage_label: str, best: FrozenTrial | None, plots: dict[str, str]
 ) -> str:
     counts = _state_counts(study)
@@ -171,7 +173,7 @@ def write_tuning_outputs(
         written["best"] = out / TUNING_FILES["best"]
     plots = write_plots(study, out)
     written.update({name: out / name for name, why in plots.items() if not why})
-    (out / TUNING_FILES["summary"]).write_text(_summary(study, settings, storage_label, best, plots))
+    (out / TUNING_FILES["summary"]).write_text(_tuning_summary(study, settings, storage_label, best, plots))
     written["summary"] = out / TUNING_FILES["summary"]
     return written
 
@@ -179,7 +181,7 @@ def write_tuning_outputs(
 # ----------------------------------------------------------------------------------------------- ablation
 
 
-def export_csv(results: ablation.AblationResults, out_dir: str | Path) -> dict[str, Path]:
+def export_csv(results: AblationResults, out_dir: str | Path) -> dict[str, Path]:
     """Write ``runs.csv``, ``curves.csv``, ``episodes.csv`` (the raw results) and ``batches.csv`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,9 +215,12 @@ def write_ablation_outputs(
     argv: list[str],
     baseline: str | None = None,
     bootstrap_reps: int = 2000,
-) -> tuple[Path, ablation.AblationResults]:
+) -> tuple[Path, AblationResults]:
     """Collect the grid's results (the cells ``keys``), export the CSVs, compute the statistics, draw the figures,
     write the report. :return: the report's path and the results"""
+    # Imported here: rliable (arch, scipy), matplotlib and pandas cost seconds per process; tuning workers need none.
+    from sb3_ppo_variants.studies import ablation, plots, report, statistics
+
     results = ablation.collect_results(study)
     results.restrict(set(keys))
     files = export_csv(results, out)

@@ -185,6 +185,8 @@ def population_blocker(cells: Sequence[Cell]) -> str | None:
 def batch_mode(cells: Sequence[Cell]) -> tuple[str, str]:
     """``("population", "")``, or ``("solo", why)``: how :func:`train_batch` trains ``cells``."""
     blocker = population_blocker(cells)
+    # Once sb3_ppo_variants.Population is merged: ("population", "") when blocker is None, and train_batch trains
+    # such a batch as one Population (PopulationEvalCallback(protocol.eval_points, ...) gives every cell's curve).
     return "solo", blocker or NO_POPULATION_TRAINER
 
 
