@@ -462,3 +462,15 @@ def test_eight_seeds_of_every_named_variant_solve_cartpole_in_one_population() -
     assert not failing, failing
     kl_scores = [s for m, s in zip(members, scores) if m["variant"] == "kl"]
     assert np.mean(kl_scores) >= 400, kl_scores
+
+
+def test_evaluations_of_a_member_do_not_depend_on_its_companions() -> None:
+    """A member whose evaluation episodes end early keeps stepping until its companions have theirs; its next
+    evaluation must still start where it would alone (what the extra steps drew is rolled back)."""
+    tiny = {"n_envs": 1, "n_steps": 32, "batch_size": 32, "n_epochs": 2, "policy_kwargs": "dict(net_arch=[16])"}
+    alone = Population("CartPole-v1", [dict(variant="clip_kl", seed=1, **tiny)]).learn(64)
+    pair = Population("CartPole-v1", [dict(variant="clip", seed=0, **tiny), dict(variant="clip_kl", seed=1, **tiny)])
+    pair.learn(64)
+    first, second = [pair.evaluate(2) for _ in range(3)], [alone.evaluate(2) for _ in range(3)]
+    assert [scores[1] for scores in first] == [scores[0] for scores in second]
+    assert len({scores[1] for scores in first}) > 1 or len({scores[0] for scores in first}) > 1  # the streams move on

@@ -152,7 +152,7 @@ def _resolve_members(members: list[dict[str, Any]], hyperparams: dict[str, Any] 
     return resolved
 
 
-def _check_policy_kwargs(policy_kwargs: dict[str, Any]) -> None:
+def check_policy_kwargs(policy_kwargs: dict[str, Any]) -> None:
     extractor = policy_kwargs.get("features_extractor_class", FlattenExtractor)
     if extractor is not FlattenExtractor:
         raise ValueError(
@@ -264,7 +264,7 @@ class Population:
         self.n_epochs = first.template.n_epochs
         self.normalize_advantage = first.template.normalize_advantage
         self.policy_kwargs = dict(first.template.policy_kwargs or {})
-        _check_policy_kwargs(self.policy_kwargs)
+        check_policy_kwargs(self.policy_kwargs)
         try:
             gym.spec(env_id)
         except gym.error.Error as error:
@@ -543,6 +543,10 @@ class Population:
         obs = self._eval_envs.reset()
         returns = np.zeros(self.n_members)
         episodes: list[list[float]] = [[] for _ in self._members]
+        # A member that has its episodes goes on stepping until every member has theirs; what those extra steps draw
+        # (initial states, sampling noise) is rolled back afterwards, so that its next evaluation starts where a solo
+        # evaluate_policy would have left it, whatever its companions.
+        done_states: list[Any] = [None] * self.n_members
         while min(len(e) for e in episodes) < n_eval_episodes:
             normalized = obs if self.normalizer is None else self.normalizer.normalize_obs(obs)
             params, _ = self.policy.forward(self._obs_tensor(normalized))
@@ -564,7 +568,14 @@ class Population:
             for k in np.flatnonzero(terminated | truncated):
                 if len(episodes[k]) < n_eval_episodes:
                     episodes[k].append(float(returns[k]))
+                    if len(episodes[k]) == n_eval_episodes:
+                        generator = None if self._eval_generators is None else self._eval_generators[k].get_state()
+                        done_states[k] = (self._eval_envs.rng_state(int(k)), generator)
                 returns[k] = 0.0
+        for member, (env_state, generator_state) in enumerate(done_states):
+            self._eval_envs.set_rng_state(member, env_state)
+            if generator_state is not None and self._eval_generators is not None:
+                self._eval_generators[member].set_state(generator_state)
         return np.array([np.mean(e) for e in episodes])
 
     def models(self) -> list[BaseAlgorithm]:
@@ -597,6 +608,12 @@ class Population:
                 env.ret_rms = self.normalizer.ret_rms[k].copy()
             result.append(model)
         return result
+
+    def close(self) -> None:
+        """Close the training and evaluation environments."""
+        self.envs.close()
+        if self._eval_envs is not None:
+            self._eval_envs.close()
 
     def save(self, path: str | Path) -> None:
         """Save the whole population (parameters, Adam states, KL controllers, normalisation statistics, random

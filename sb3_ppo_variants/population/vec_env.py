@@ -13,6 +13,7 @@ Per-member observation and reward normalisation with ``VecNormalize``'s semantic
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -65,6 +66,13 @@ class MemberEnvs:
                 observation = self._flat(env.reset()[0])
             obs.append(observation)
         return np.stack(obs), rewards, terminated, truncated, np.stack(terminal)
+
+    def rng_state(self, i: int) -> Mapping[str, Any]:
+        """The state of environment ``i``'s generator (``np_random``, which draws its initial states)."""
+        return self.envs[i].unwrapped.np_random.bit_generator.state
+
+    def set_rng_state(self, i: int, state: Mapping[str, Any]) -> None:
+        self.envs[i].unwrapped.np_random.bit_generator.state = state
 
     def close(self) -> None:
         for env in self.envs:
@@ -127,6 +135,13 @@ class CartPoleEnvs:
         for i in np.flatnonzero(terminated | truncated):
             self._reset_one(int(i))
         return self.state.astype(np.float32), np.ones(self.num_envs, dtype=np.float32), terminated, truncated, terminal
+
+    def rng_state(self, i: int) -> Mapping[str, Any]:
+        """The state of environment ``i``'s generator (which draws its initial states)."""
+        return self.rngs[i].bit_generator.state
+
+    def set_rng_state(self, i: int, state: Mapping[str, Any]) -> None:
+        self.rngs[i].bit_generator.state = state
 
     def close(self) -> None:
         pass
