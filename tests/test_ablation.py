@@ -24,13 +24,12 @@ from stable_baselines3 import PPO
 
 from sb3_ppo_variants import VARIANTS, VariantPPO
 from sb3_ppo_variants.hyperparams import make_model
-from sb3_ppo_variants.studies import ablation
+from sb3_ppo_variants.studies import ablation, runner
 from sb3_ppo_variants.studies.arms import factorial_names, filter_hyperparams, hyperparams_for, label_names, parse_variant
 from sb3_ppo_variants.studies.cli.ablate import main
 from sb3_ppo_variants.studies.liveness import process_identity
 from sb3_ppo_variants.studies.registry import algorithm_class
 from sb3_ppo_variants.studies.runner import (
-    NO_POPULATION_TRAINER,
     Cell,
     CellResult,
     RunProtocol,
@@ -297,18 +296,25 @@ def test_batches_group_cells_of_one_env_and_shape_and_split_them_evenly() -> Non
 def test_which_batches_could_be_a_population_and_why_the_others_run_solo() -> None:
     plain = [Cell("clip", "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY, {"kl_coef": 0.5})]
     assert population_blocker(plain) is None
-    assert batch_mode(plain) == ("solo", NO_POPULATION_TRAINER)
+    assert batch_mode(plain) == ("population", "")
+    assert batch_mode([*plain, Cell("trpo", "CartPole-v1", 0)])[0] == "solo"
     assert "trpo is not a plain variant" in population_blocker([*plain, Cell("trpo", "CartPole-v1", 0)])
     assert "differ in ['n_steps']" in population_blocker([*plain, Cell("clip", "CartPole-v1", 2, {**TINY, "n_steps": 64})])
     assert "several environments" in population_blocker([*plain, Cell("clip", "Acrobot-v1", 0, TINY)])
     assert "gSDE" in population_blocker([Cell("clip", "Pendulum-v1", 0, {"use_sde": True})])
     assert "is not MlpPolicy" in population_blocker([Cell("clip", "CartPole-v1", 0, {"policy": "CnnPolicy"})])
+    extractor = {**TINY, "policy_kwargs": "dict(features_extractor_class=th.nn.Module)"}
+    assert "features_extractor_class" in population_blocker([Cell("clip", "CartPole-v1", 0, extractor)])
 
 
-def test_a_batch_trains_each_cell_as_it_would_train_alone() -> None:
+@pytest.mark.parametrize("companion", ["clip", "sb3_ppo"])  # a population; solo runs (a baseline is never a member)
+def test_a_batch_trains_each_cell_as_it_would_train_alone(companion: str) -> None:
     protocol = RunProtocol(128, (0, 64, 128), n_eval_episodes=2)
-    alone = train_batch([Cell("clip_kl", "CartPole-v1", 1, TINY)], protocol)
-    together = train_batch([Cell("clip", "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY)], protocol)
+    cells = [Cell(companion, "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY)]
+    assert batch_mode(cells)[0] == ("population" if companion == "clip" else "solo")
+    train_alone = train_batch if companion == "clip" else runner._train_solo  # alone in the same mode
+    alone = train_alone([Cell("clip_kl", "CartPole-v1", 1, TINY)], protocol, None)
+    together = train_batch(cells, protocol)
     assert together[1].as_attrs() | {"wall_time_s": 0} == alone[0].as_attrs() | {"wall_time_s": 0}
     assert together[1].curve_nominal == [0, 64, 128] and together[1].curve_timesteps == [0, 64, 128]
     assert together[1].episode_returns and together[0].curve_returns != together[1].curve_returns

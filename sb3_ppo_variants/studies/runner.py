@@ -9,10 +9,10 @@ Tuning and ablation are each an Optuna study plus a *work function* ``trial -> v
 **Training a batch** (:func:`train_batch`): every cell is a :class:`Cell`, trained under one
 :class:`RunProtocol` (budget, evaluation points, episodes) and returned as a :class:`CellResult`. A batch
 that :func:`population_blocker` accepts (plain variants, ``MlpPolicy``, no gSDE, no Dict observations, one env,
-equal shapes) can be trained as one population; every other batch -- and, until the population trainer is
-merged, every batch -- runs its cells solo, in lockstep, each with its own random streams
-(:class:`~sb3_ppo_variants.studies.runs.SeededRun`), so that a cell's result does not depend on its companions.
-:func:`batch_mode` says which, and why; the ablation report lists it.
+equal shapes, a flat Box observation space) is trained as one :class:`~sb3_ppo_variants.Population`: its members'
+parameters stacked, one forward pass and one optimiser step for all; every other batch runs its cells solo, in
+lockstep (:class:`~sb3_ppo_variants.studies.runs.SeededRun`). Either way each cell has its own random streams, so
+its result does not depend on its companions. :func:`batch_mode` says which, and why; the ablation report lists it.
 
 **The worker loop** (:func:`run_worker`): each worker -- a process on any machine sharing the storage --
 calls ``study.optimize`` with:
@@ -46,7 +46,10 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
+from stable_baselines3.common.preprocessing import is_image_space
 
+from sb3_ppo_variants.hyperparams import parse_policy_kwargs
+from sb3_ppo_variants.population.population import check_policy_kwargs
 from sb3_ppo_variants.studies.liveness import mark_worker, recover_stale_trials
 from sb3_ppo_variants.studies.registry import PLAIN_VARIANTS
 from sb3_ppo_variants.studies.runs import SeededRun
@@ -82,8 +85,6 @@ SHAPE_KEYS = (
     "frame_stack",
     "use_sde",
 )
-#: Until the population trainer is merged, this is why a batch that could be a population runs solo.
-NO_POPULATION_TRAINER = "the population trainer is not in this build"
 _DIGITS = 4  # returns are rounded to this many decimals in the storage
 
 
@@ -173,21 +174,28 @@ def population_blocker(cells: Sequence[Cell]) -> str | None:
         return f"policy {shape['policy']!r} is not MlpPolicy"
     if shape["use_sde"]:
         return "gSDE (use_sde) runs solo"
+    if shape["frame_stack"]:
+        return "frame_stack runs solo"
+    try:
+        check_policy_kwargs(parse_policy_kwargs(shape["policy_kwargs"] or {}))
+    except (TypeError, ValueError) as error:
+        return str(error)
     env = gym.make(envs[0], **(shape["env_kwargs"] or {}))
     try:
-        if isinstance(env.observation_space, gym.spaces.Dict):
-            return "Dict observations run solo"
+        observations, actions = env.observation_space, env.action_space
     finally:
         env.close()
+    if not isinstance(observations, gym.spaces.Box) or is_image_space(observations):
+        return f"observation space {observations} runs solo (a population takes flat Box observations)"
+    if not isinstance(actions, (gym.spaces.Discrete, gym.spaces.Box, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+        return f"action space {actions} runs solo"
     return None
 
 
 def batch_mode(cells: Sequence[Cell]) -> tuple[str, str]:
     """``("population", "")``, or ``("solo", why)``: how :func:`train_batch` trains ``cells``."""
     blocker = population_blocker(cells)
-    # Once sb3_ppo_variants.Population is merged: ("population", "") when blocker is None, and train_batch trains
-    # such a batch as one Population (PopulationEvalCallback(protocol.eval_points, ...) gives every cell's curve).
-    return "solo", blocker or NO_POPULATION_TRAINER
+    return ("solo", blocker) if blocker else ("population", "")
 
 
 #: ``on_evaluation(timestep, scores)``: scores of every cell at a point; returns False to stop the batch, or raises.
@@ -203,6 +211,39 @@ def train_batch(cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnE
 
     :return: one :class:`CellResult` per cell, in order
     """
+    if batch_mode(cells)[0] == "population":
+        return _train_population(cells, protocol, on_evaluation)
+    return _train_solo(cells, protocol, on_evaluation)
+
+
+def _train_population(cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None) -> list[CellResult]:
+    """The cells as one :class:`~sb3_ppo_variants.Population`; each cell's ``wall_time_s`` is an equal share."""
+    from sb3_ppo_variants.population import Population, PopulationEvalCallback
+
+    clock = time.perf_counter()
+    members = [{"variant": c.algorithm, "seed": c.seed, **c.hyperparams, **c.model_kwargs} for c in cells]
+    population = Population(cells[0].env_id, members)
+    callback = PopulationEvalCallback(list(protocol.eval_points), protocol.n_eval_episodes, on_evaluation=on_evaluation)
+    try:
+        population.learn(protocol.timesteps, callback=callback)
+    finally:
+        population.close()
+    share = (time.perf_counter() - clock) / len(cells)
+    scores = callback.scores
+    return [
+        CellResult(
+            curve_nominal=list(callback.timesteps),
+            curve_timesteps=list(callback.reached),
+            curve_returns=[float(value) for value in scores[:, index]] if len(scores) else [],
+            episode_timesteps=list(population.episode_timesteps[index]),
+            episode_returns=list(population.episode_returns[index]),
+            wall_time_s=share,
+        )
+        for index in range(len(cells))
+    ]
+
+
+def _train_solo(cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None) -> list[CellResult]:
     runs: list[SeededRun] = []
     results = [CellResult() for _ in cells]
     try:
