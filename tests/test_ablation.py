@@ -492,7 +492,7 @@ def test_tiny_grid_writes_everything_and_resumes_only_missing_runs_after_a_kill(
         assert f"(plots/{figure})" in report
     assert "P(clip_kl > clip)" in report and "Seeds: [0, 1]" in report and "1024 timesteps per run" in report
     assert "stable-baselines3 2.9" in report or "stable-baselines3" in report
-    assert "- Batches: 2 batch(es), 4 cells: solo (the population trainer is not in this build)" in report
+    assert "- Batches: 2 batch(es), 4 cells: population" in report
     assert pd.read_csv(out / "batches.csv")["cells"].tolist() == [2, 2]
     statistics = pd.read_csv(out / "statistics.csv")
     assert set(statistics["env_id"]) == {"CartPole-v1", "aggregate"} and len(statistics) == 2 * 2 * 3

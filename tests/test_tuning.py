@@ -24,6 +24,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from sb3_ppo_variants.hyperparams import load_hyperparams, make_model
+from sb3_ppo_variants.population import Population
 from sb3_ppo_variants.schedules import as_schedule
 from sb3_ppo_variants.studies import runner, tuning
 from sb3_ppo_variants.studies.cli.tune import main
@@ -346,19 +347,20 @@ def test_an_invalid_combination_is_pruned_with_its_reason_without_training(tmp_p
     assert trial.state == TrialState.PRUNED and "batch_size=512" in trial.user_attrs["prune_reason"]
 
 
-def test_an_interrupted_trial_is_failed_and_its_parameters_are_enqueued_for_the_next_run(tmp_path, monkeypatch):
-    class Interrupted:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def advance(self, until):
-            raise KeyboardInterrupt
-
-        def close(self):
-            closed.append(True)
-
+@pytest.mark.parametrize("path", ["population", "solo"])
+def test_an_interrupted_trial_is_failed_and_its_parameters_are_enqueued_for_the_next_run(tmp_path, monkeypatch, path):
     closed: list[bool] = []
-    monkeypatch.setattr(runner, "SeededRun", Interrupted)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if path == "population":  # the tuner's plain variants train their seeds as one population
+        monkeypatch.setattr(Population, "learn", interrupt)
+        monkeypatch.setattr(Population, "close", lambda self: closed.extend([True] * self.n_members))
+    else:
+        monkeypatch.setattr(runner, "batch_mode", lambda cells: ("solo", "forced by the test"))
+        monkeypatch.setattr(runner.SeededRun, "advance", interrupt)
+        monkeypatch.setattr(runner.SeededRun, "close", lambda self: closed.append(True))
     storage = open_storage(None, tmp_path)
     settings = _settings()
     study = open_study(storage, "s", settings, sampler_seed=0)
