@@ -1,0 +1,227 @@
+"""The arithmetic system: tokenizer, environment, language-model policy, pretraining."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+
+from sb3_ppo_variants.arithmetic.env import ENV_ID, ArithmeticEnv, answer_score, generate_answers
+from sb3_ppo_variants.arithmetic.tokenizer import CharTokenizer, load_tokenizer
+
+
+def answer(env: ArithmeticEnv, prompt: str, text: str, end: bool = True) -> tuple[float, bool, dict]:
+    """Play ``text`` (and the end token) as the answer to ``prompt``; the last step's reward, terminated, info."""
+    env.reset(options={"prompt_index": env.prompts.index(prompt)})
+    tokens = [*env.tokenizer.encode(text), *([env.eos_token_id] if end else [])]
+    for i, token in enumerate(tokens):
+        _, reward, terminated, truncated, info = env.step(token)
+        assert not truncated
+        if terminated:
+            assert i == len(tokens) - 1, f"ended early at token {i} of {text!r}"
+            return reward, terminated, info
+        assert reward == 0.0
+    return reward, terminated, info
+
+
+# --- tokenizer -----------------------------------------------------------------------------------------------------
+
+
+def test_tokenizer_round_trip(tmp_path):
+    tokenizer = CharTokenizer()
+    text = "0123456789+-*="
+    ids = tokenizer.encode(text)
+    assert len(ids) == len(text) and len(set(ids)) == len(text)
+    assert tokenizer.pad_token_id not in ids and tokenizer.eos_token_id not in ids
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.decode([*ids, tokenizer.eos_token_id, tokenizer.pad_token_id]) == text
+    assert tokenizer.decode([tokenizer.eos_token_id], skip_special_tokens=False) == "<eos>"
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert loaded == tokenizer and loaded.encode("37+48=") == tokenizer.encode("37+48=")
+
+
+def test_tokenizer_bad_input():
+    tokenizer = CharTokenizer()
+    with pytest.raises(ValueError, match=r"text '3/4=' has the character '/'"):
+        tokenizer.encode("3/4=")
+    with pytest.raises(ValueError, match="ids has the id 99"):
+        tokenizer.decode([2, 99])
+    with pytest.raises(ValueError, match="characters must not repeat"):
+        CharTokenizer("0123455")
+
+
+# --- environment ---------------------------------------------------------------------------------------------------
+
+
+def test_env_rewards_on_hand_written_answers():
+    env = ArithmeticEnv(operators="+-", digits=2, split="train")
+    shaped = ArithmeticEnv(operators="+-", digits=2, split="train", reward="digits")
+    prompt = next(p for p in env.prompts if p.startswith("37+"))
+    correct = str(37 + int(prompt[3:5]))
+    assert answer(env, prompt, correct)[0] == 1.0
+    reward, terminated, info = answer(env, prompt, correct)
+    assert terminated and info["is_correct"] and info["answer"] == correct
+    wrong = str(int(correct) + 1)
+    assert answer(env, prompt, wrong)[0] == 0.0
+    assert answer(shaped, prompt, correct)[0] == 1.0
+    assert answer(shaped, prompt, wrong)[0] == pytest.approx(answer_score(wrong, correct, "digits"))
+    assert answer(env, prompt, "0" + correct)[0] == 0.0  # a leading zero is not the exact answer
+    for malformed in ("", "8+5", "-", "=", "+" + correct):
+        assert answer(env, prompt, malformed)[0] == 0.0
+        assert answer(shaped, prompt, malformed)[0] == 0.0
+    # too long: no end token within max_answer_tokens (3 digits + end for two-digit operands)
+    assert env.max_answer_tokens == 4
+    reward, terminated, info = answer(env, prompt, "1234", end=False)
+    assert (reward, terminated, info["is_correct"]) == (0.0, True, False)
+    # the padding token ends the episode as malformed
+    env.reset(options={"prompt_index": env.prompts.index(prompt)})
+    env.step(env.tokenizer.encode(correct[0])[0])
+    _, reward, terminated, _, _ = env.step(env.pad_token_id)
+    assert (reward, terminated) == (0.0, True)
+    # a negative answer
+    minus = next(p for p in env.prompts if p.startswith("12-"))
+    assert answer(env, minus, str(12 - int(minus[3:5])))[0] == 1.0
+
+
+def test_shaped_reward_by_hand():
+    assert answer_score("84", "85", "digits") == 0.5
+    assert answer_score("185", "85", "digits") == pytest.approx(2 / 3)
+    assert answer_score("85", "85", "digits") == 1.0
+    assert answer_score("8-5", "85", "digits") == 0.0
+    assert answer_score("84", "85", "exact") == 0.0
+
+
+def test_observation_is_padded_token_ids():
+    env = gym.make(ENV_ID, digits=2)
+    obs, info = env.reset(seed=3)
+    assert env.observation_space.contains(obs) and obs.dtype == np.int64
+    base = env.unwrapped
+    assert isinstance(base, ArithmeticEnv)
+    assert base.tokenizer.decode(obs) == info["prompt"]
+    assert obs.shape == (6 + 4,) and (obs[6:] == base.pad_token_id).all()
+    token = base.tokenizer.encode("1")[0]
+    obs, *_ = env.step(token)
+    assert obs[6] == token and (obs[7:] == base.pad_token_id).all()
+
+
+def test_held_out_prompts_never_in_training_episodes():
+    train = ArithmeticEnv(digits=(1, 2), held_out_fraction=0.2, split_seed=5)
+    held_out = ArithmeticEnv(digits=(1, 2), held_out_fraction=0.2, split_seed=5, split="held_out")
+    assert len(train.prompts) + len(held_out.prompts) == 100 * 100
+    assert len(held_out.prompts) == 2000
+    assert set(train.prompts).isdisjoint(held_out.prompts)
+    assert set(train.other_prompts) == set(held_out.prompts)
+    held = set(held_out.prompts)
+    train.reset(seed=0)
+    seen = set()
+    for _ in range(3000):
+        _, info = train.reset()
+        seen.add(info["prompt"])
+    assert seen.isdisjoint(held) and len(seen) > 2000
+    # another split seed, another split
+    assert set(ArithmeticEnv(digits=(1, 2), split_seed=6, split="held_out").prompts) != held
+
+
+def test_env_bad_input():
+    with pytest.raises(ValueError, match=r"obs_length=8 is too short.*obs_length must be an int >= 10"):
+        ArithmeticEnv(digits=2, obs_length=8)
+    with pytest.raises(ValueError, match="operators must be"):
+        ArithmeticEnv(operators=("/",))
+    with pytest.raises(ValueError, match=r"tokenizer CharTokenizer.*cannot encode.*text '10\*10=' has the character '\*'"):
+        ArithmeticEnv(operators="*", digits=2, tokenizer=CharTokenizer("0123456789+="))
+    with pytest.raises(ValueError, match="split must be one of"):
+        ArithmeticEnv(split="test")
+    with pytest.raises(ValueError, match="reward must be one of"):
+        ArithmeticEnv(reward="partial")
+    with pytest.raises(ValueError, match="digits must be"):
+        ArithmeticEnv(digits=0)
+    env = ArithmeticEnv(digits=1)
+    with pytest.raises(ValueError, match="longer than obs_length"):
+        env.observation("12345+6=")
+    with pytest.raises(ValueError, match="action must be a token id"):
+        env.reset()
+        env.step(99)
+
+
+def test_importing_the_package_does_not_import_transformers():
+    code = (
+        "import sys, gymnasium as gym, sb3_ppo_variants, sb3_ppo_variants.arithmetic; gym.make('sb3pv/Arithmetic-v0');"
+        "assert 'transformers' not in sys.modules, 'transformers imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- policy --------------------------------------------------------------------------------------------------------
+
+TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}
+
+
+def test_policy_logits_are_the_language_model_next_token_logits(tmp_path):
+    from sb3_ppo_variants.arithmetic.policy import TransformerPolicy
+    from sb3_ppo_variants.schedules import ConstantSchedule
+
+    th.manual_seed(0)
+    env = ArithmeticEnv(digits=2)
+    policy = TransformerPolicy(env.observation_space, env.action_space, ConstantSchedule(1e-3), model_config=TINY)
+    assert policy.action_net is policy.language_model.lm_head
+    obs = np.stack([env.observation("37+48="), env.observation("37+48=", env.tokenizer.encode("8")), env.observation("9+9=")])
+    with th.no_grad():
+        logits = policy.get_distribution(th.as_tensor(obs)).distribution.logits
+        for row, prompt_and_answer in zip(logits, ["37+48=", "37+48=8", "9+9="]):
+            ids = th.as_tensor([env.tokenizer.encode(prompt_and_answer)])
+            expected = policy.language_model(input_ids=ids).logits[0, -1]
+            th.testing.assert_close(row, th.log_softmax(expected, dim=-1), rtol=1e-5, atol=1e-5)
+    # save_pretrained / from_pretrained: the same next-token distribution
+    policy.save_pretrained(tmp_path / "lm", env.tokenizer)
+    loaded = TransformerPolicy.from_pretrained(tmp_path / "lm", env.observation_space, env.action_space)
+    assert load_tokenizer(tmp_path / "lm") == env.tokenizer
+    with th.no_grad():
+        th.testing.assert_close(loaded.get_distribution(th.as_tensor(obs)).distribution.logits, logits)
+    # SB3's policy save/load
+    policy.save(tmp_path / "policy.pt")
+    again = TransformerPolicy.load(tmp_path / "policy.pt")
+    with th.no_grad():
+        th.testing.assert_close(again.get_distribution(th.as_tensor(obs)).distribution.logits, logits)
+
+
+def test_policy_bad_input(tmp_path):
+    from sb3_ppo_variants.arithmetic.policy import TransformerPolicy
+    from sb3_ppo_variants.schedules import ConstantSchedule
+
+    env = ArithmeticEnv(digits=2)
+    small = TransformerPolicy(env.observation_space, env.action_space, ConstantSchedule(1e-3), model_config=TINY)
+    small.save_pretrained(tmp_path / "lm")
+    wider = ArithmeticEnv(digits=2, tokenizer=CharTokenizer("0123456789+-*=/"))
+    with pytest.raises(ValueError, match=r"model_path=.*vocabulary has 16 tokens but the action space has 17"):
+        TransformerPolicy.from_pretrained(tmp_path / "lm", wider.observation_space, wider.action_space)
+    longer = ArithmeticEnv(digits=2, obs_length=24)
+    with pytest.raises(ValueError, match=r"model_path=.*reads at most 10 tokens, the observation has 24"):
+        TransformerPolicy.from_pretrained(tmp_path / "lm", longer.observation_space, longer.action_space)
+    with pytest.raises(ValueError, match="model_path must be a directory"):
+        TransformerPolicy.from_pretrained(tmp_path / "missing", env.observation_space, env.action_space)
+    with pytest.raises(ValueError, match="action_space must be Discrete"):
+        TransformerPolicy(env.observation_space, gym.spaces.Box(-1, 1, (2,)), ConstantSchedule(1e-3))
+
+
+def test_generate_answers_matches_the_environment():
+    """Batched decoding scores answers as the environment does (None where the episode ends without an end token)."""
+
+    env = ArithmeticEnv(digits=1, max_answer_tokens=2)
+    script = {"1+1=": "2", "9+9=": "18"}  # "18" needs 3 tokens with the end token: too long
+
+    def predict(obs: np.ndarray, deterministic: bool = True) -> tuple[np.ndarray, None]:
+        actions = []
+        for row in obs:
+            text = env.tokenizer.decode(row)
+            prompt = text[: text.index("=") + 1]
+            wanted = [*env.tokenizer.encode(script.get(prompt, "")), env.eos_token_id]
+            actions.append(wanted[len(text) - len(prompt)])
+        return np.asarray(actions), None
+
+    prompts = [p for p in ("1+1=", "9+9=", "3+4=") if p in env.prompts]
+    assert generate_answers(predict, env, prompts) == [{"1+1=": "2", "9+9=": None, "3+4=": ""}[p] for p in prompts]
