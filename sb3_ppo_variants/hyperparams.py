@@ -18,6 +18,7 @@ A file may hold, per environment, either the entry itself or per-variant entries
 from __future__ import annotations
 
 import copy
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "make_env",
     "make_model",
     "resolve_algorithm",
+    "resolve_policy",
     "split_hyperparams",
 ]
 
@@ -128,6 +130,18 @@ def resolve_algorithm(variant: str | type[BaseAlgorithm]) -> type[BaseAlgorithm]
     raise ValueError(f"variant must be one of {[*VARIANTS, 'sb3_ppo', 'trpo']}, got {variant!r}")
 
 
+def resolve_policy(policy: str | type) -> str | type:
+    """A policy as an entry may name it: an SB3 alias (``"MlpPolicy"``), kept as is, or an import path
+    ``"package.module:ClassName"`` (e.g. ``"sb3_ppo_variants.arithmetic.policy:TransformerPolicy"``) -> the class."""
+    if not isinstance(policy, str) or ":" not in policy:
+        return policy
+    module_name, _, name = policy.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"policy {policy!r}: cannot import {name!r} from {module_name!r}: {error}") from None
+
+
 def make_env(
     env_id: str, settings: dict[str, Any] | None = None, seed: int | None = None, n_envs: int | None = None
 ) -> VecEnv:
@@ -162,7 +176,8 @@ def make_model(
     """Build a model of ``variant`` on ``env_id`` from an rl-zoo3 entry (see :func:`load_hyperparams`).
 
     :param variant: a ``VARIANTS`` key, ``"sb3_ppo"``, ``"trpo"`` or an algorithm class
-    :param hyperparams: the entry (constructor arguments mixed with ``n_envs``, ``policy``, ``normalize``, ...)
+    :param hyperparams: the entry (constructor arguments mixed with ``n_envs``, ``policy``, ``normalize``, ...);
+        ``policy`` is an SB3 alias or an import path ``"module:Class"`` (see :func:`resolve_policy`)
     :param seed: seeds the model and the training environments
     :param overrides: constructor arguments that take precedence over the entry
     :return: the model; ``model.n_timesteps`` holds the entry's ``n_timesteps`` (or None)
@@ -177,7 +192,7 @@ def make_model(
                 schedule = as_schedule(model_kwargs[key], key)
                 model_kwargs[key] = schedule.value if isinstance(schedule, ConstantSchedule) else schedule
     env = make_env(env_id, settings, seed=seed)
-    policy = settings.get("policy", "MlpPolicy")
+    policy = resolve_policy(settings.get("policy", "MlpPolicy"))
     model = algorithm(policy, env, seed=seed, **model_kwargs)
     model.n_timesteps = settings.get("n_timesteps")  # type: ignore[attr-defined]
     return model

@@ -91,7 +91,8 @@ class ArithmeticEnv(gym.Env[np.ndarray, np.int64]):
     :param tokenizer: a :class:`CharTokenizer` (the default), a directory saved by ``save_pretrained`` (a
         ``CharTokenizer``'s or a Hugging Face tokenizer's), or any object with ``encode``, ``decode``,
         ``pad_token_id``, ``eos_token_id`` and ``len()``
-    :param render_mode: None or ``"ansi"``
+    :param render_mode: ``"ansi"`` renders the text so far; other modes (SB3's ``make_vec_env`` asks for
+        ``"rgb_array"``) render nothing
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -120,8 +121,6 @@ class ArithmeticEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
         if not isinstance(held_out_fraction, (int, float)) or not 0 < held_out_fraction < 1:
             raise ValueError(f"held_out_fraction must be a float in (0, 1), got {held_out_fraction!r}")
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.operators = tuple(operators)
         self.split = split
         self.reward = reward
