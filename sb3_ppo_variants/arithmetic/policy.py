@@ -161,6 +161,9 @@ class TransformerPolicy(ActorCriticPolicy):
         # The action net is the LM head (SB3's _build has no hook between creating the action net and the optimizer,
         # so the optimizer is made again, over the parameters that are used).
         self.action_net = self.features_extractor.language_model.lm_head
+        # A zero value head: its first gradients do not reach (and disturb) the pretrained transformer.
+        th.nn.init.zeros_(self.value_net.weight)
+        th.nn.init.zeros_(self.value_net.bias)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
     @property
