@@ -2,31 +2,45 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_ppo_variants import losses
-from sb3_ppo_variants.buffers import OldDistributionBufferMixin, with_old_distribution
+from sb3_ppo_variants.buffers import OldDistributionBufferMixin
 from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController
+from sb3_ppo_variants.hosts import PPO_HOST, Host
 from sb3_ppo_variants.kl import KL_ESTIMATORS, distribution_params, exact_kl, sampled_kl
 from sb3_ppo_variants.schedules import ScheduleLike, check_schedule, schedule_value
 
-__all__ = ["KL_PENALTIES", "SURROGATES", "NonFiniteLossError", "VariantPPO"]
+if TYPE_CHECKING:
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-SelfVariantPPO = TypeVar("SelfVariantPPO", bound="VariantPPO")
+    _Host = OnPolicyAlgorithm
+else:
+    _Host = object
+
+__all__ = [
+    "KL_PENALTIES",
+    "SURROGATES",
+    "NonFiniteLossError",
+    "VariantAlgorithm",
+    "VariantPPO",
+]
+
+SelfVariantAlgorithm = TypeVar("SelfVariantAlgorithm", bound="VariantAlgorithm")
 
 SURROGATES = ("clipped", "unclipped", "dual_clip")
 KL_PENALTIES = ("none", "fixed", "adaptive")
@@ -83,14 +97,16 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
-class VariantPPO(PPO):
+class VariantAlgorithm(_Host):
     """
-    PPO with a loss composed of a surrogate (clipped or not), an optional KL penalty with a fixed,
-    scheduled or adaptive coefficient, and an entropy bonus whose coefficient may follow a schedule.
+    The variant logic, composed onto a PPO-like host algorithm (listed after it in the bases, with a
+    :class:`~sb3_ppo_variants.hosts.Host` adapter as ``host``): a loss composed of a surrogate (clipped or not),
+    an optional KL penalty with a fixed, scheduled or adaptive coefficient, and an entropy bonus whose coefficient
+    may follow a schedule. One training loop for every host (SB3's PPO, sb3-contrib's MaskablePPO and RecurrentPPO).
 
     Paper: https://arxiv.org/abs/1707.06347 (clipping: section 3; KL penalty: section 4)
 
-    Takes every argument of :class:`stable_baselines3.PPO` with the same meaning (see its docstring);
+    Takes every argument of the host with the same meaning (see its docstring);
     ``learning_rate``, ``clip_range``, ``clip_range_vf``, ``ent_coef`` and ``kl_coef`` accept a float,
     a function of the remaining progress (from 1 to 0) or a schedule string such as ``"lin_0.01"``
     (grammar in :mod:`sb3_ppo_variants.schedules`). The named variants (``ClipPPO``, ``KLPPO``,
@@ -111,60 +127,43 @@ class VariantPPO(PPO):
         ``"k3"``. ``train/kl`` and the adaptive rule always use the exact KL.
     """
 
+    #: what differs per host algorithm (see :mod:`sb3_ppo_variants.hosts`)
+    host: ClassVar[Host]
     kl_controller: KLController | None
+    # Set by the host algorithms (PPO, MaskablePPO, RecurrentPPO), which all have these arguments.
+    clip_range: Any
+    clip_range_vf: Any
+    batch_size: int
+    n_epochs: int
+    normalize_advantage: bool
+    target_kl: float | None
 
     def __init__(
         self,
-        policy: str | type[ActorCriticPolicy],
+        policy: Any,
         env: GymEnv | str,
-        learning_rate: ScheduleLike = 3e-4,
-        n_steps: int = 2048,
-        batch_size: int = 64,
-        n_epochs: int = 10,
-        gamma: float = 0.99,
-        gae_lambda: float = 0.95,
-        clip_range: ScheduleLike = 0.2,
-        clip_range_vf: ScheduleLike | None = None,
-        normalize_advantage: bool = True,
-        ent_coef: ScheduleLike = 0.0,
-        vf_coef: float = 0.5,
-        max_grad_norm: float = 0.5,
-        use_sde: bool = False,
-        sde_sample_freq: int = -1,
-        rollout_buffer_class: type[RolloutBuffer] | None = None,
-        rollout_buffer_kwargs: dict[str, Any] | None = None,
-        target_kl: float | None = None,
-        stats_window_size: int = 100,
-        tensorboard_log: str | None = None,
-        policy_kwargs: dict[str, Any] | None = None,
-        verbose: int = 0,
-        seed: int | None = None,
-        device: th.device | str = "auto",
-        _init_setup_model: bool = True,
+        *args: Any,
         surrogate: str = "clipped",
         kl_penalty: str = "none",
         kl_coef: ScheduleLike = 1.0,
         kl_target: float | None = None,
         kl_estimator: str = "exact",
         dual_clip: float = 3.0,
+        **kwargs: Any,
     ):
-        # Validate our arguments before SB3 builds environments, so bad input fails fast and clearly.
+        # The host's arguments, positional or not, by name and with the host's defaults (an unknown one is a TypeError).
+        host_arguments = inspect.signature(super().__init__).bind(policy, env, *args, **kwargs)
+        host_arguments.apply_defaults()
+        arguments = dict(host_arguments.arguments)
+        # Validate our arguments before the host builds environments, so bad input fails fast and clearly.
         self.surrogate = _choice("surrogate", surrogate, SURROGATES)
         self.kl_penalty = _choice("kl_penalty", kl_penalty, KL_PENALTIES)
         self.kl_estimator = _choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
         if isinstance(dual_clip, bool) or not isinstance(dual_clip, (int, float)) or not dual_clip > 1:
             raise ValueError(f"dual_clip must be a float > 1, got {dual_clip!r}")
         self.dual_clip = float(dual_clip)
-        coefficients = _checked_coefficients(
-            {
-                "learning_rate": learning_rate,
-                "clip_range": clip_range,
-                "clip_range_vf": clip_range_vf,
-                "ent_coef": ent_coef,
-                "kl_coef": kl_coef,
-            }
-        )
-        self.kl_coef = coefficients["kl_coef"]
+        coefficients = _checked_coefficients({**{name: arguments.get(name) for name in _COEFFICIENTS}, "kl_coef": kl_coef})
+        self.kl_coef = coefficients.pop("kl_coef")
         if kl_target is not None:
             if isinstance(kl_target, bool) or not isinstance(kl_target, (int, float)):
                 raise TypeError(f"kl_target must be a float > 0 or None, got {type(kl_target).__name__}: {kl_target!r}")
@@ -173,39 +172,14 @@ class VariantPPO(PPO):
         if self.kl_penalty == "adaptive" and kl_target is None:
             raise ValueError("kl_target must be given (a float > 0) when kl_penalty='adaptive'")
         self.kl_target = kl_target
+        target_kl = arguments.get("target_kl")
         if target_kl is not None and not target_kl > 0:
             raise ValueError(f"target_kl must be > 0 or None, got {target_kl!r}")
         self.kl_controller = self._make_kl_controller()
 
-        super().__init__(
-            policy,
-            env,
-            learning_rate=coefficients["learning_rate"],
-            n_steps=n_steps,
-            batch_size=batch_size,
-            n_epochs=n_epochs,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            clip_range=coefficients["clip_range"],
-            clip_range_vf=coefficients["clip_range_vf"],
-            normalize_advantage=normalize_advantage,
-            ent_coef=coefficients["ent_coef"],
-            vf_coef=vf_coef,
-            max_grad_norm=max_grad_norm,
-            use_sde=use_sde,
-            sde_sample_freq=sde_sample_freq,
-            rollout_buffer_class=rollout_buffer_class,
-            rollout_buffer_kwargs=rollout_buffer_kwargs,
-            target_kl=target_kl,
-            stats_window_size=stats_window_size,
-            tensorboard_log=tensorboard_log,
-            policy_kwargs=policy_kwargs,
-            verbose=verbose,
-            seed=seed,
-            device=device,
-            _init_setup_model=False,
-        )
-        if _init_setup_model:
+        init_setup_model = arguments.pop("_init_setup_model", True)
+        super().__init__(**{**arguments, **coefficients, "_init_setup_model": False})
+        if init_setup_model:
             self._setup_model()
 
     def _make_kl_controller(self) -> KLController | None:
@@ -228,21 +202,20 @@ class VariantPPO(PPO):
             self.kl_controller.kl_coef = self.kl_coef  # type: ignore[assignment]
         elif isinstance(self.kl_controller, AdaptiveKLController) and self.kl_target is not None:
             self.kl_controller.kl_target = float(self.kl_target)
-        if self.rollout_buffer_class is None:
-            base = DictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else RolloutBuffer
-            self.rollout_buffer_class = with_old_distribution(base)
-        else:
-            self.rollout_buffer_class = with_old_distribution(self.rollout_buffer_class)
+        self.host.prepare_buffer(self)
         super()._setup_model()
+        self.host.finish_buffer(self)
 
-    def collect_rollouts(
+    def collect_rollouts(  # type: ignore[override]
         self,
         env: VecEnv,
         callback: BaseCallback,
         rollout_buffer: RolloutBuffer,
         n_rollout_steps: int,
+        *args: Any,
+        **kwargs: Any,
     ) -> bool:
-        """SB3's collection, plus the distribution of each step's forward pass stored in the buffer.
+        """The host's collection, plus the distribution of each step's forward pass stored in the buffer.
 
         A forward hook on the policy sees ``policy(obs)`` -- the call that picks the actions -- and
         nothing else (``predict``, used by callbacks such as EvalCallback, does not go through it).
@@ -257,7 +230,7 @@ class VariantPPO(PPO):
 
         handle = policy.register_forward_hook(store)
         try:
-            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps, *args, **kwargs)
         finally:
             handle.remove()
 
@@ -271,7 +244,7 @@ class VariantPPO(PPO):
     def _rollout_kl(self) -> float:
         """Mean exact KL(pi_old || pi) over the whole rollout, with the policy as it is now.
 
-        Uses ``_get_samples`` on ordered indices and evaluation mode (as at collection time): no random
+        Reads the buffer in order (``host.ordered_samples``) in evaluation mode (as at collection time): no random
         numbers are drawn and no BatchNorm statistics move, so the random streams, the network's state and
         ClipPPO's equality with SB3's PPO are untouched.
         """
@@ -281,9 +254,10 @@ class VariantPPO(PPO):
         chunk = max(self.batch_size, 1024)
         total = 0.0
         for start in range(0, size, chunk):
-            data: Any = buffer._get_samples(np.arange(start, min(start + chunk, size)))
-            self.policy.evaluate_actions(data.observations, self._actions(data.actions))
-            total += exact_kl(data.old_dist_params, self.policy.action_dist).sum().item()
+            data = self.host.ordered_samples(buffer, np.arange(start, min(start + chunk, size)))
+            self.host.evaluate(self.policy, data, self._actions(data.actions))
+            kl = exact_kl(data.old_dist_params, self.policy.action_dist)  # type: ignore[attr-defined]
+            total += _valid_steps(kl, self.host.valid(data)).sum().item()
         return total / size
 
     def _update_current_progress_remaining(self, num_timesteps: int, total_timesteps: int) -> None:
@@ -316,15 +290,20 @@ class VariantPPO(PPO):
             rollout_data: Any
             for rollout_data in self.rollout_buffer.get(self.batch_size):
                 actions = self._actions(rollout_data.actions)
-                values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
-                values = values.flatten()
+                values, log_prob, entropy = self.host.evaluate(self.policy, rollout_data, actions)
+                # Every term is a mean over the real steps (all of them, but for a recurrent host's padding).
+                valid = self.host.valid(rollout_data)
+                values, log_prob = _valid_steps(values.flatten(), valid), _valid_steps(log_prob, valid)
+                entropy = None if entropy is None else _valid_steps(entropy, valid)
+                old_log_prob = _valid_steps(rollout_data.old_log_prob, valid)
+                old_values, returns = _valid_steps(rollout_data.old_values, valid), _valid_steps(rollout_data.returns, valid)
                 # Normalize advantage (does not make sense if mini batchsize == 1, see GH issue #325)
-                advantages = rollout_data.advantages
+                advantages = _valid_steps(rollout_data.advantages, valid)
                 if self.normalize_advantage and len(advantages) > 1:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
                 # ratio between old and new policy, should be one at the first iteration
-                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                ratio = th.exp(log_prob - old_log_prob)
                 if self.surrogate == "clipped":
                     policy_loss = losses.clipped_surrogate_loss(ratio, advantages, clip_range)
                 elif self.surrogate == "dual_clip":
@@ -334,7 +313,7 @@ class VariantPPO(PPO):
                 pg_losses.append(policy_loss.item())
                 clip_fractions.append(losses.clip_fraction(ratio, clip_range).item())
 
-                v_loss = losses.value_loss(values, rollout_data.old_values, rollout_data.returns, clip_range_vf)
+                v_loss = losses.value_loss(values, old_values, returns, clip_range_vf)
                 value_losses.append(v_loss.item())
                 e_loss = losses.entropy_loss(entropy, log_prob)
                 entropy_losses.append(e_loss.item())
@@ -347,9 +326,9 @@ class VariantPPO(PPO):
                 }
                 if penalised:
                     if self.kl_estimator == "exact":
-                        kl = exact_kl(rollout_data.old_dist_params, self.policy.action_dist).mean()
+                        kl = _valid_steps(exact_kl(rollout_data.old_dist_params, self.policy.action_dist), valid).mean()  # type: ignore[attr-defined]
                     else:
-                        kl = sampled_kl(log_prob - rollout_data.old_log_prob, self.kl_estimator).mean()
+                        kl = sampled_kl(log_prob - old_log_prob, self.kl_estimator).mean()
                     loss = loss + kl_coef * kl
                     kl_penalties.append(kl.item())
                     terms["kl_penalty"] = kl_penalties[-1]
@@ -357,7 +336,7 @@ class VariantPPO(PPO):
 
                 # Approximate reverse KL for early stopping (SB3 issue #417, http://joschu.net/blog/kl-approx.html)
                 with th.no_grad():
-                    log_ratio = log_prob - rollout_data.old_log_prob
+                    log_ratio = log_prob - old_log_prob
                     approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
                     approx_kl_divs.append(approx_kl_div)
 
@@ -414,21 +393,45 @@ class VariantPPO(PPO):
                 "Lower the learning rate, raise kl_coef or enable clipping."
             )
 
-    def learn(
-        self: SelfVariantPPO,
+    def learn(  # type: ignore[override]
+        self: SelfVariantAlgorithm,
         total_timesteps: int,
         callback: MaybeCallback = None,
         log_interval: int = 1,
         tb_log_name: str | None = None,
         reset_num_timesteps: bool = True,
-        progress_bar: bool = False,
-    ) -> SelfVariantPPO:
+        *args: Any,
+        **kwargs: Any,
+    ) -> SelfVariantAlgorithm:
+        """The host's ``learn`` (``progress_bar``; MaskablePPO's ``use_masking``), runs named after the class."""
         with _distribution_validation_off():
-            return super().learn(
-                total_timesteps=total_timesteps,
-                callback=callback,
-                log_interval=log_interval,
-                tb_log_name=tb_log_name or type(self).__name__,
-                reset_num_timesteps=reset_num_timesteps,
-                progress_bar=progress_bar,
+            return super().learn(  # type: ignore[misc]
+                total_timesteps,
+                callback,
+                log_interval,
+                tb_log_name or type(self).__name__,
+                reset_num_timesteps,
+                *args,
+                **kwargs,
             )
+
+
+def _valid_steps(values: th.Tensor, valid: th.Tensor | None) -> th.Tensor:
+    """The entries of a (batch,) tensor at the valid steps; the tensor itself when every step is valid."""
+    return values if valid is None else values[valid]
+
+
+class VariantPPO(VariantAlgorithm, PPO):  # type: ignore[misc]
+    """
+    PPO with a loss composed of a surrogate (clipped or not), an optional KL penalty with a fixed,
+    scheduled or adaptive coefficient, and an entropy bonus whose coefficient may follow a schedule.
+
+    Paper: https://arxiv.org/abs/1707.06347 (clipping: section 3; KL penalty: section 4)
+
+    Takes every argument of :class:`stable_baselines3.PPO` with the same meaning, and those of
+    :class:`VariantAlgorithm` (``surrogate``, ``kl_penalty``, ``kl_coef``, ``kl_target``, ``kl_estimator``,
+    ``dual_clip``). With ``surrogate="clipped"`` and ``kl_penalty="none"`` it gives the same numbers as
+    ``stable_baselines3.PPO`` for the same seed and arguments.
+    """
+
+    host = PPO_HOST

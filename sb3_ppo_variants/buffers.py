@@ -1,70 +1,148 @@
 """Rollout buffers that also keep, per step, the parameters of the policy's distribution at collection time.
 
 They let the exact KL(pi_old || pi) be computed in the update without a copy of the old policy and
-without extra forward passes. The parameters are written by :meth:`store_old_distribution` just
-before SB3's ``add()`` for the same step (the algorithm calls it from a forward hook on the policy).
+without extra forward passes. The parameters are written by :meth:`~OldDistributionBufferMixin.store_distribution`
+just before the host's ``add()`` for the same step (the algorithm calls it from a forward hook on the policy).
+
+One mixin serves every host buffer (SB3's ``RolloutBuffer``/``DictRolloutBuffer``, sb3-contrib's maskable and
+recurrent ones): the sample type is the base's fields plus the stored ones, ``_get_samples`` keeps the base's
+signature, and recurrent minibatches pad the stored parameters with a neutral distribution (logits 0, std 1), so
+that a padded step has a finite KL (zero after the validity mask) and a finite gradient.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Generator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch as th
+from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer, MaskableRolloutBuffer
+from sb3_contrib.common.maskable.distributions import (
+    MaskableCategoricalDistribution,
+    MaskableMultiCategoricalDistribution,
+    make_masked_proba_distribution,
+)
+from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
-from stable_baselines3.common.vec_env import VecNormalize
-
-from sb3_ppo_variants.kl import distribution_param_dim
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
+    make_proba_distribution,
+)
+from stable_baselines3.common.type_aliases import RolloutBufferSamples
 
 __all__ = [
+    "STORED_DISTRIBUTIONS",
     "OldDistributionBufferMixin",
     "OldDistributionDictRolloutBuffer",
     "OldDistributionRolloutBuffer",
     "RolloutBufferSamplesWithDistribution",
+    "neutral_distribution_params",
+    "samples_with_distributions",
     "with_old_distribution",
 ]
 
+#: The distributions a buffer keeps per step besides the host's fields, by field name (an attribute of the buffer,
+#: (buffer_size, n_envs, d), and a field of its samples, (batch, d)). Each holds :func:`~sb3_ppo_variants.kl.
+#: distribution_params` of one policy; adding a stored distribution (say, a reference policy's) is one entry here.
+STORED_DISTRIBUTIONS: tuple[str, ...] = ("old_dist_params",)
 
-class RolloutBufferSamplesWithDistribution(NamedTuple):
-    """SB3's ``RolloutBufferSamples`` fields plus the old distribution's parameters."""
+_RECURRENT = (RecurrentRolloutBuffer, RecurrentDictRolloutBuffer)
+_MASKABLE = (MaskableRolloutBuffer, MaskableDictRolloutBuffer)
 
-    observations: Any  # th.Tensor, or a dict of them for Dict observation spaces
-    actions: th.Tensor
-    old_values: th.Tensor
-    old_log_prob: th.Tensor
-    advantages: th.Tensor
-    returns: th.Tensor
-    old_dist_params: th.Tensor
+
+def neutral_distribution_params(dist: Distribution) -> np.ndarray:
+    """(d,) parameters of a fixed distribution in the layout of :func:`~sb3_ppo_variants.kl.distribution_params`:
+    logits 0 (uniform) for the categorical and Bernoulli families, mean 0 and std 1 for Gaussians.
+
+    Its width is the distribution's (a masked MultiBinary is a categorical over 2 per dimension: 2 n logits). It pads
+    steps that do not exist (recurrent minibatches), where a zero std would make the KL infinite.
+    """
+    if isinstance(dist, (CategoricalDistribution, MaskableCategoricalDistribution)):
+        return np.zeros(dist.action_dim, dtype=np.float32)
+    if isinstance(dist, (MultiCategoricalDistribution, MaskableMultiCategoricalDistribution)):  # incl. MaskableBernoulli
+        return np.zeros(int(np.sum(dist.action_dims)), dtype=np.float32)
+    if isinstance(dist, BernoulliDistribution):
+        return np.zeros(dist.action_dims, dtype=np.float32)
+    if isinstance(dist, (DiagGaussianDistribution, StateDependentNoiseDistribution)):
+        return np.concatenate([np.zeros(dist.action_dim, dtype=np.float32), np.ones(dist.action_dim, dtype=np.float32)])
+    raise TypeError(f"No stored parameters for action distribution {type(dist).__name__}")
+
+
+def samples_with_distributions(base: type) -> type:
+    """The sample type of a host buffer (a NamedTuple class) extended with the :data:`STORED_DISTRIBUTIONS` fields."""
+    if base not in _SAMPLE_TYPES:
+        fields = [*base._fields, *STORED_DISTRIBUTIONS]  # type: ignore[attr-defined]
+        _SAMPLE_TYPES[base] = namedtuple(f"{base.__name__}WithDistribution", fields)  # type: ignore[misc]
+    return _SAMPLE_TYPES[base]
+
+
+_SAMPLE_TYPES: dict[type, type] = {}
+
+#: SB3's ``RolloutBufferSamples`` fields plus the stored distributions' parameters.
+RolloutBufferSamplesWithDistribution = samples_with_distributions(RolloutBufferSamples)
 
 
 class OldDistributionBufferMixin:
-    """Adds ``old_dist_params`` (buffer_size, n_envs, d) to an SB3 rollout buffer."""
+    """Adds the :data:`STORED_DISTRIBUTIONS` fields, (buffer_size, n_envs, d) each, to a host rollout buffer."""
 
     old_dist_params: np.ndarray
+    #: (d,) the parameters a padded step gets (see :func:`neutral_distribution_params`)
+    neutral_dist_params: np.ndarray
     buffer_size: int
     n_envs: int
     pos: int
     generator_ready: bool
 
     def reset(self) -> None:
-        width = distribution_param_dim(self.action_space)  # type: ignore[attr-defined]
-        self.old_dist_params = np.zeros((self.buffer_size, self.n_envs, width), dtype=np.float32)
+        if not hasattr(self, "neutral_dist_params"):
+            space = self.action_space  # type: ignore[attr-defined]
+            dist = make_masked_proba_distribution(space) if isinstance(self, _MASKABLE) else make_proba_distribution(space)
+            self.neutral_dist_params = neutral_distribution_params(dist)
+        for name in STORED_DISTRIBUTIONS:
+            setattr(self, name, np.zeros((self.buffer_size, self.n_envs, len(self.neutral_dist_params)), dtype=np.float32))
         super().reset()  # type: ignore[misc]
 
+    def store_distribution(self, name: str, params: th.Tensor) -> None:
+        """Record a distribution of the step about to be added (call before ``add``).
+
+        :param name: one of :data:`STORED_DISTRIBUTIONS`
+        :param params: (n_envs, d) from :func:`~sb3_ppo_variants.kl.distribution_params`
+        """
+        getattr(self, name)[self.pos] = params.reshape(self.n_envs, -1).cpu().numpy()
+
     def store_old_distribution(self, params: th.Tensor) -> None:
-        """Record the distribution of the step about to be added (call before ``add``)."""
-        self.old_dist_params[self.pos] = params.reshape(self.n_envs, -1).cpu().numpy()
+        """Record the collecting policy's distribution of the step about to be added (call before ``add``)."""
+        self.store_distribution("old_dist_params", params)
 
     def get(self, batch_size: int | None = None) -> Generator[Any, None, None]:
         if not self.generator_ready:
-            self.old_dist_params = self.swap_and_flatten(self.old_dist_params)  # type: ignore[attr-defined]
+            for name in STORED_DISTRIBUTIONS:
+                setattr(self, name, self.swap_and_flatten(getattr(self, name)))  # type: ignore[attr-defined]
         yield from super().get(batch_size)  # type: ignore[misc]
 
-    def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None) -> Any:
-        samples = super()._get_samples(batch_inds, env)  # type: ignore[misc]
-        old_dist_params = self.to_torch(self.old_dist_params[batch_inds])  # type: ignore[attr-defined]
-        return RolloutBufferSamplesWithDistribution(*samples, old_dist_params)  # type: ignore[call-arg]
+    def _get_samples(self, batch_inds: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        # The base's signature passes through: (batch_inds, env) for SB3's and the maskable buffers,
+        # (batch_inds, env_change, env) for the recurrent ones.
+        samples = super()._get_samples(batch_inds, *args, **kwargs)  # type: ignore[misc]
+        stored = [self._stored_samples(getattr(self, name)[batch_inds], samples) for name in STORED_DISTRIBUTIONS]
+        return samples_with_distributions(type(samples))(*samples, *stored)
+
+    def _stored_samples(self, values: np.ndarray, samples: Any) -> th.Tensor:
+        """(batch, d) stored parameters of a minibatch; a recurrent one padded like its other fields, with the
+        neutral distribution on the padded steps (those whose ``mask`` is 0)."""
+        if not isinstance(self, _RECURRENT):
+            return self.to_torch(values)  # type: ignore[attr-defined]
+        # ``pad`` is the recurrent buffer's padding of this minibatch's sequences, set by its ``_get_samples``.
+        padded = self.pad(values).reshape(-1, values.shape[-1])
+        valid = (samples.mask > 1e-8).unsqueeze(1)
+        return th.where(valid, padded, th.as_tensor(self.neutral_dist_params, device=padded.device))
 
 
 class OldDistributionRolloutBuffer(OldDistributionBufferMixin, RolloutBuffer):  # type: ignore[misc]

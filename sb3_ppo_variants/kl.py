@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution, MaskableMultiCategoricalDistribution
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
@@ -28,6 +29,7 @@ __all__ = [
     "distribution_param_dim",
     "distribution_params",
     "exact_kl",
+    "masked_categorical_kl",
     "sampled_kl",
 ]
 
@@ -44,6 +46,31 @@ def categorical_kl(old_logits: th.Tensor, new_logits: th.Tensor) -> th.Tensor:
     old_log_p = th.log_softmax(old_logits, dim=-1)
     new_log_p = th.log_softmax(new_logits, dim=-1)
     return (old_log_p.exp() * (old_log_p - new_log_p)).sum(dim=-1)
+
+
+def masked_categorical_kl(old_logits: th.Tensor, new_logits: th.Tensor, masks: th.Tensor | None) -> th.Tensor:
+    """KL(p || q) between masked categoricals: the sum over the allowed actions only.
+
+    sb3-contrib's ``MaskableCategorical`` sets a masked logit to -1e8, which is -inf in float16 (and then
+    0 * (-inf - -inf) = NaN); a masked action has probability 0 under both distributions and adds 0, exactly
+    as the masked entropy treats it. So the gradient is 0 on masked entries and finite elsewhere.
+
+    Half-precision logits (float16, bfloat16, e.g. under autocast) are computed in float32: in bfloat16 the difference
+    of two log-probabilities keeps about two digits, and the KL is such a difference (14% off in one probe).
+
+    :param old_logits: (batch, n) logits of p, masked as at collection time
+    :param new_logits: (batch, n) logits of q, under the same masks
+    :param masks: (batch, n) bool, True where the action is allowed; None: no masking (plain categorical KL)
+    :return: (batch,), float32 for half-precision logits
+    """
+    if masks is None:
+        return categorical_kl(old_logits, new_logits)
+    if new_logits.dtype in (th.float16, th.bfloat16):
+        old_logits, new_logits = old_logits.float(), new_logits.float()
+    old_log_p = th.log_softmax(old_logits, dim=-1)
+    new_log_p = th.log_softmax(new_logits, dim=-1)
+    terms = old_log_p.exp() * (old_log_p - new_log_p)
+    return th.where(masks, terms, th.zeros_like(terms)).sum(dim=-1)
 
 
 def bernoulli_kl(old_logits: th.Tensor, new_logits: th.Tensor) -> th.Tensor:
@@ -81,10 +108,13 @@ def distribution_params(dist: Distribution) -> th.Tensor:
     """A flat (batch, d) description of the distribution of the last forward pass.
 
     Categorical, MultiCategorical, Bernoulli: the logits. Diagonal Gaussian (incl. gSDE, whose per-state
-    standard deviation depends on the features): the mean then the standard deviation.
+    standard deviation depends on the features): the mean then the standard deviation. sb3-contrib's masked
+    distributions: the logits after masking (a masked MultiBinary is a categorical over 2 per dimension, 2 n logits).
     """
-    if isinstance(dist, CategoricalDistribution):
+    if isinstance(dist, (CategoricalDistribution, MaskableCategoricalDistribution)):
         return dist.distribution.logits
+    if isinstance(dist, MaskableMultiCategoricalDistribution):
+        return th.cat([d.logits for d in dist.distributions], dim=1)
     if isinstance(dist, MultiCategoricalDistribution):
         return th.cat([d.logits for d in dist.distribution], dim=1)
     if isinstance(dist, BernoulliDistribution):
@@ -112,11 +142,18 @@ def exact_kl(old_params: th.Tensor, dist: Distribution) -> th.Tensor:
     """Analytic KL(pi_old || pi) per state.
 
     :param old_params: (batch, d) from :func:`distribution_params` at collection time
-    :param dist: SB3 distribution of the current policy on the same states
+    :param dist: SB3 distribution of the current policy on the same states (a masked one under the masks of
+        collection time)
     :return: (batch,)
     """
     if isinstance(dist, CategoricalDistribution):
         return categorical_kl(old_params, dist.distribution.logits)
+    if isinstance(dist, MaskableCategoricalDistribution):
+        return masked_categorical_kl(old_params, dist.distribution.logits, dist.distribution.masks)
+    if isinstance(dist, MaskableMultiCategoricalDistribution):  # incl. MaskableBernoulliDistribution
+        splits = th.split(old_params, list(dist.action_dims), dim=1)
+        kls = [masked_categorical_kl(o, d.logits, d.masks) for o, d in zip(splits, dist.distributions, strict=True)]
+        return th.stack(kls, dim=1).sum(dim=1)
     if isinstance(dist, MultiCategoricalDistribution):
         splits = th.split(old_params, list(dist.action_dims), dim=1)
         return th.stack([categorical_kl(o, d.logits) for o, d in zip(splits, dist.distribution)], dim=1).sum(dim=1)

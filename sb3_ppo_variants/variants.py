@@ -1,37 +1,60 @@
-"""The named variants: a choice of loss terms each, a few lines each (the training loop is VariantPPO's)."""
+"""The named variants: a choice of loss terms each, a few lines each (the training loop is VariantAlgorithm's).
+
+A choice of terms is a small settings class (``ClipVariant``, ``KLVariant``, ...), composed onto each host base
+(:class:`~sb3_ppo_variants.algorithm.VariantPPO` and the sb3-contrib hosts' bases).
+Its ``variant`` attribute names the plain variant it is (the key of ``VARIANTS`` whose search space it shares).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv
 
 from sb3_ppo_variants.algorithm import VariantPPO
 from sb3_ppo_variants.schedules import ScheduleLike
 
-__all__ = ["KLPPO", "AdaptiveKLPPO", "ClipKLPPO", "ClipPPO"]
+if TYPE_CHECKING:
+    from sb3_ppo_variants.algorithm import VariantAlgorithm
+
+    _Settings = VariantAlgorithm
+else:
+    _Settings = object
+
+__all__ = [
+    "KLPPO",
+    "AdaptiveKLPPO",
+    "AdaptiveKLVariant",
+    "ClipKLPPO",
+    "ClipKLVariant",
+    "ClipPPO",
+    "ClipVariant",
+    "KLVariant",
+]
 
 
-class ClipPPO(VariantPPO):
-    """PPO with the clipped surrogate and no KL penalty: the same numbers as ``stable_baselines3.PPO``
-    for the same seed and arguments. Takes every argument of :class:`VariantPPO` but ``surrogate``,
+class ClipVariant(_Settings):
+    """The clipped surrogate and no KL penalty. Takes every argument of the host base but ``surrogate``,
     ``kl_penalty``, ``kl_coef``, ``kl_target`` and ``kl_estimator``."""
 
-    def __init__(self, policy: str | type[ActorCriticPolicy], env: GymEnv | str, **kwargs: Any):
+    variant: ClassVar[str] = "clip"
+
+    def __init__(self, policy: Any, env: GymEnv | str, **kwargs: Any):
         super().__init__(policy, env, surrogate="clipped", kl_penalty="none", **kwargs)
 
 
-class KLPPO(VariantPPO):
+class KLVariant(_Settings):
     """The paper's "fixed KL penalty": unclipped surrogate r A minus beta * KL(pi_old || pi).
 
     :param kl_coef: beta >= 0, a float or a schedule (default 1.0)
     :param kl_estimator: "exact" (default), "k1", "k2" or "k3"
     """
 
+    variant: ClassVar[str] = "kl"
+
     def __init__(
         self,
-        policy: str | type[ActorCriticPolicy],
+        policy: Any,
         env: GymEnv | str,
         kl_coef: ScheduleLike = 1.0,
         kl_estimator: str = "exact",
@@ -42,7 +65,7 @@ class KLPPO(VariantPPO):
         )
 
 
-class AdaptiveKLPPO(VariantPPO):
+class AdaptiveKLVariant(_Settings):
     """The paper's "adaptive KL penalty": unclipped surrogate, beta halved or doubled after each update
     to keep the mean KL near ``kl_target``.
 
@@ -51,9 +74,11 @@ class AdaptiveKLPPO(VariantPPO):
     :param kl_estimator: "exact" (default), "k1", "k2" or "k3"
     """
 
+    variant: ClassVar[str] = "adaptive_kl"
+
     def __init__(
         self,
-        policy: str | type[ActorCriticPolicy],
+        policy: Any,
         env: GymEnv | str,
         kl_coef: ScheduleLike = 1.0,
         kl_target: float = 0.01,
@@ -72,7 +97,7 @@ class AdaptiveKLPPO(VariantPPO):
         )
 
 
-class ClipKLPPO(VariantPPO):
+class ClipKLVariant(_Settings):
     """Clipped surrogate plus a KL penalty: fixed ``kl_coef``, or adaptive when ``kl_target`` is given
     (RLlib's default PPO shape).
 
@@ -81,9 +106,11 @@ class ClipKLPPO(VariantPPO):
     :param kl_estimator: "exact" (default), "k1", "k2" or "k3"
     """
 
+    variant: ClassVar[str] = "clip_kl"
+
     def __init__(
         self,
-        policy: str | type[ActorCriticPolicy],
+        policy: Any,
         env: GymEnv | str,
         kl_coef: ScheduleLike = 0.2,
         kl_target: float | None = None,
@@ -100,3 +127,21 @@ class ClipKLPPO(VariantPPO):
             kl_estimator=kl_estimator,
             **kwargs,
         )
+
+
+class ClipPPO(ClipVariant, VariantPPO):
+    """PPO with the clipped surrogate and no KL penalty: the same numbers as ``stable_baselines3.PPO``
+    for the same seed and arguments. Takes every argument of :class:`VariantPPO` but ``surrogate``,
+    ``kl_penalty``, ``kl_coef``, ``kl_target`` and ``kl_estimator``."""
+
+
+class KLPPO(KLVariant, VariantPPO):
+    """PPO with the paper's "fixed KL penalty" (see :class:`KLVariant`)."""
+
+
+class AdaptiveKLPPO(AdaptiveKLVariant, VariantPPO):
+    """PPO with the paper's "adaptive KL penalty" (see :class:`AdaptiveKLVariant`)."""
+
+
+class ClipKLPPO(ClipKLVariant, VariantPPO):
+    """PPO with the clipped surrogate plus a KL penalty (see :class:`ClipKLVariant`)."""
