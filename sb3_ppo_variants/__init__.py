@@ -3,7 +3,7 @@
 import gymnasium as _gymnasium
 
 from sb3_ppo_variants.algorithm import NonFiniteLossError, VariantPPO
-from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController
+from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController, ProportionalKLController
 from sb3_ppo_variants.variants import KLPPO, AdaptiveKLPPO, ClipKLPPO, ClipPPO
 
 __version__ = "0.1.0"
@@ -30,6 +30,7 @@ __all__ = [
     "FixedKLController",
     "KLController",
     "NonFiniteLossError",
+    "ProportionalKLController",
     "VariantPPO",
     "__version__",
 ]
