@@ -225,3 +225,115 @@ def test_generate_answers_matches_the_environment():
 
     prompts = [p for p in ("1+1=", "9+9=", "3+4=") if p in env.prompts]
     assert generate_answers(predict, env, prompts) == [{"1+1=": "2", "9+9=": None, "3+4=": ""}[p] for p in prompts]
+
+
+# --- pretraining, the KL to the reference, learning -----------------------------------------------------------------
+
+CI_ENV = {"digits": 2}
+# The default model (2 layers, width 64): fine-tuning a narrower one (width 32) lowered its held-out accuracy here.
+CI_PRETRAINING = {"target_accuracy": 0.4, "eval_every": 25, "n_eval_prompts": 300}
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """A CI-sized pretrained reference, made once per test session."""
+    from sb3_ppo_variants.arithmetic.pretrain import pretrain_reference
+
+    directory = str(tmp_path_factory.mktemp("arithmetic") / "reference")
+    return directory, pretrain_reference(directory, CI_ENV, **CI_PRETRAINING)
+
+
+def ci_hyperparams(reference_dir: str) -> dict:
+    return {
+        ENV_ID: {
+            "default": {
+                "policy": "sb3_ppo_variants.arithmetic.policy:TransformerPolicy",
+                "policy_kwargs": {"model_path": reference_dir},
+                "env_kwargs": CI_ENV,
+                "n_envs": 64,
+                "n_steps": 32,
+                "batch_size": 256,
+                "n_epochs": 4,
+                "learning_rate": 5e-5,
+                "gamma": 1.0,
+                "vf_coef": 0.1,
+            },
+            "no_kl": {"variant": "clip"},
+            "kl_reward": {"variant": "clip_kl", "kl_reference": reference_dir, "kl_reference_in": "reward", "kl_coef": 0.2},
+        }
+    }
+
+
+def test_pretraining_gives_an_imperfect_reference_without_the_held_out_prompts(reference):
+    from sb3_ppo_variants.arithmetic.pretrain import answer_batches, pretrain_reference
+
+    directory, metadata = reference
+    assert 0.2 <= metadata["held_out_accuracy"] <= 0.7, metadata
+    assert metadata["train_accuracy"] >= 0.4
+    env = ArithmeticEnv(**CI_ENV)
+    inputs, labels = answer_batches(env)
+    texts = {env.tokenizer.decode(row) for row in inputs.tolist()}
+    held_out = ArithmeticEnv(**CI_ENV, split="held_out")
+    assert len(texts) == len(env.prompts) and not any(t.startswith(p) for t in texts for p in held_out.prompts[:50])
+    assert {t[: t.index("=") + 1] for t in texts} == set(env.prompts)
+    # labels only on the answer and the end token
+    row = env.tokenizer.encode(env.prompts[0])
+    assert (labels[0, : len(row) - 1] == -100).all() and labels[0, len(row) - 1] != -100
+    # saved and reused: the same settings do not train again
+    assert pretrain_reference(directory, CI_ENV, **CI_PRETRAINING) == metadata
+
+
+def test_reference_equal_to_the_initial_policy_gives_zero_kl(reference):
+    from sb3_ppo_variants import ClipKLPPO
+    from sb3_ppo_variants.hyperparams import make_model
+
+    directory, _ = reference
+    entry = ci_hyperparams(directory)[ENV_ID]
+    model = make_model(ClipKLPPO, ENV_ID, {**entry["default"], "n_envs": 8, "batch_size": 64}, seed=0, kl_reference=directory)
+    before = {k: v.clone() for k, v in model.reference_policy.state_dict().items()}
+    model.learn(8 * 16)
+    buffer = model.rollout_buffer
+    assert np.abs(buffer.reference_kl).max() < 1e-6
+    assert model.logger.name_to_value["train/kl_ref"] > 0  # after the update
+    for name, value in model.reference_policy.state_dict().items():
+        th.testing.assert_close(value, before[name])
+
+
+def test_reference_that_does_not_match_the_policy(reference, tmp_path):
+    from sb3_ppo_variants import ClipKLPPO
+    from sb3_ppo_variants.arithmetic.policy import TransformerPolicy
+    from sb3_ppo_variants.schedules import ConstantSchedule
+
+    directory, _ = reference
+    wider = ArithmeticEnv(digits=2, tokenizer=CharTokenizer("0123456789+-*=/"))
+    TransformerPolicy(wider.observation_space, wider.action_space, ConstantSchedule(0.0), model_config=TINY).save_pretrained(
+        tmp_path / "wider"
+    )
+    env = ArithmeticEnv(**CI_ENV)
+    kwargs = {"policy_kwargs": {"model_path": directory}, "n_steps": 8, "batch_size": 8}
+    with pytest.raises(ValueError, match=r"kl_reference='.*wider'.*vocabulary has 17 tokens but the action space has 16"):
+        ClipKLPPO(TransformerPolicy, env, kl_reference=str(tmp_path / "wider"), **kwargs)
+    longer = ArithmeticEnv(digits=2, obs_length=12)
+    with pytest.raises(ValueError, match=r"kl_reference=.*reads at most 10 tokens, the observation has 12"):
+        wide_context = {"model_config": {**TINY, "n_positions": 12}}
+        ClipKLPPO(TransformerPolicy, longer, kl_reference=directory, policy_kwargs=wide_context)
+
+
+@pytest.mark.slow
+def test_fine_tuning_beats_the_reference_and_writes_a_report(reference, tmp_path):
+    import json
+
+    from sb3_ppo_variants.arithmetic.report import run
+
+    directory, metadata = reference
+    summary = run(
+        tmp_path / "report", directory, ["kl_reward"], [0], 64 * 32 * 4, ci_hyperparams(directory), CI_PRETRAINING, verbose=0
+    )
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    (run_result,) = results["runs"]
+    assert summary["reference_held_out_accuracy"] == metadata["held_out_accuracy"]
+    assert run_result["held_out_accuracy"] >= metadata["held_out_accuracy"] + 0.05, (run_result, metadata)
+    assert 0 < run_result["final_kl_ref"] < 1
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "kl_reward" in report and f"{run_result['held_out_accuracy']:.3f}" in report
+    assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000

@@ -13,6 +13,7 @@ from stable_baselines3.common.distributions import (
 )
 
 from sb3_ppo_variants import KLPPO, VARIANTS, ClipKLPPO, ClipPPO, ProportionalKLController
+from sb3_ppo_variants.hosts import RecurrentPPOHost
 from sb3_ppo_variants.kl import distribution_params, reference_kl
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "seed": 0}
@@ -143,6 +144,10 @@ def test_every_variant_takes_the_reference_settings(name, tmp_path):
     if cls.variant == "clip":  # type: ignore[attr-defined]
         with pytest.raises(ValueError, match=r"kl_reference=.* needs a KL penalty"):
             cls("MlpPolicy", "CartPole-v1", kl_reference=path, **SMALL)
+        return
+    if isinstance(cls.host, RecurrentPPOHost):
+        with pytest.raises(ValueError, match="kl_reference is not supported on RecurrentPPO hosts"):
+            cls("MlpLstmPolicy", "CartPole-v1", kl_reference=path, **SMALL)
         return
     model = cls("MlpPolicy", "CartPole-v1", kl_reference=path, kl_reference_in="reward", **SMALL)
     assert model.reference_policy is not None and model.kl_reference_in == "reward"

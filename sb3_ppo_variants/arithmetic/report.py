@@ -277,7 +277,7 @@ def run(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sb3pv-arithmetic", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="arithmetic-report", help="directory of the report (default: %(default)s)")
+    parser.add_argument("--out", default="arithmetic-report", help="directory of the report (default: %(default)s)")
     parser.add_argument(
         "--reference", default=DEFAULT_REFERENCE, help="directory of the pretrained reference, reused (default: %(default)s)"
     )
@@ -296,4 +296,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         metadata = pretrain_reference(args.reference, env_kwargs, **pretraining)
         print(f"reference {args.reference}: held-out greedy accuracy {metadata['held_out_accuracy']:.3f}")
         return
-    run(args.output, args.reference, args.arms, args.seeds, args.timesteps, args.hyperparams, pretraining)
+    run(args.out, args.reference, args.arms, args.seeds, args.timesteps, args.hyperparams, pretraining)
