@@ -1,12 +1,14 @@
-"""Throughput of every variant against SB3's PPO on identical settings, as paired ratios.
+"""Throughput of every variant against the algorithm it extends on identical settings, as paired ratios:
+the plain variants against SB3's PPO, the maskable and recurrent ones against sb3-contrib's MaskablePPO and
+RecurrentPPO.
 
 Identical runs on this kind of machine drift by up to 35%, so only ratios measured in the same run mean
 anything: each round runs SB3's PPO and every variant once (in a rotated order, A B A B ...), each in a
-fresh process (so peak memory is per run), and a variant's ratio for a round is its steps/s over SB3's
-steps/s in that round. Reported: the median ratio over rounds with min and max, the share of learn()
+fresh process (so peak memory is per run), and a variant's ratio for a round is its steps/s over its
+original's steps/s in that round. Reported: the median ratio over rounds with min and max, the share of learn()
 spent collecting rollouts and updating, and peak resident memory.
 
-    python benchmarks/throughput.py                 # full: 4 settings x 5 rounds
+    python benchmarks/throughput.py                 # full: 6 settings x 5 rounds
     python benchmarks/throughput.py --quick         # smoke test: tiny budgets, 1 round
 """
 
@@ -22,7 +24,26 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+import gymnasium as gym
+
 ALGORITHMS = ("sb3_ppo", "clip", "kl", "adaptive_kl", "clip_kl")
+#: The algorithms of a setting, the original first (the ratios' denominator); ALGORITHMS where not listed.
+SETTING_ALGORITHMS: dict[str, tuple[str, ...]] = {
+    "InvalidActionEnvDiscrete/maskable-defaults": (
+        "maskable_ppo", "maskable_clip", "maskable_kl", "maskable_adaptive_kl", "maskable_clip_kl",
+    ),
+    "CartPole-v1/recurrent-defaults": (
+        "recurrent_ppo", "recurrent_clip", "recurrent_kl", "recurrent_adaptive_kl", "recurrent_clip_kl",
+    ),
+}  # fmt: skip
+
+# sb3-contrib's action-masking test env (20 actions, 10 of them invalid at each step), registered so that the
+# benchmark's fresh processes (which import this module) can build it by id.
+gym.register(
+    "InvalidActionEnvDiscrete-v0",
+    entry_point="sb3_contrib.common.envs:InvalidActionEnvDiscrete",
+    kwargs={"dim": 20, "n_invalid_actions": 10},
+)
 
 #: name -> (env id, constructor kwargs incl. n_envs, timesteps of the full benchmark)
 # fmt: off
@@ -58,6 +79,10 @@ SETTINGS: dict[str, tuple[str, dict[str, Any], int]] = {
         },
         16_384,
     ),
+    # sb3-contrib's defaults: MaskablePPO's are PPO's (n_steps 2048, batch 64, 10 epochs); RecurrentPPO's are
+    # n_steps 128, batch 128, 10 epochs, an LSTM of 256 units.
+    "InvalidActionEnvDiscrete/maskable-defaults": ("InvalidActionEnvDiscrete-v0", {"n_envs": 1}, 8_192),
+    "CartPole-v1/recurrent-defaults": ("CartPole-v1", {"n_envs": 1, "policy": "MlpLstmPolicy"}, 2_048),
 }
 # fmt: on
 
@@ -114,15 +139,16 @@ def benchmark(settings: list[str], rounds: int, timesteps: int | None) -> list[d
     for setting in settings:
         env_id, hyperparams, default_steps = SETTINGS[setting]
         steps = timesteps or default_steps
-        runs: dict[str, list[dict[str, float]]] = {a: [] for a in ALGORITHMS}
+        algorithms = SETTING_ALGORITHMS.get(setting, ALGORITHMS)
+        runs: dict[str, list[dict[str, float]]] = {a: [] for a in algorithms}
         for round_index in range(rounds):
-            shift = round_index % len(ALGORITHMS)
-            for algorithm in ALGORITHMS[shift:] + ALGORITHMS[:shift]:
+            shift = round_index % len(algorithms)
+            for algorithm in algorithms[shift:] + algorithms[:shift]:
                 runs[algorithm].append(measure(algorithm, env_id, hyperparams, steps))
                 print(f"  {setting} round {round_index + 1}/{rounds} {algorithm}: "
                       f"{runs[algorithm][-1]['steps_per_s']:.0f} steps/s", file=sys.stderr, flush=True)  # fmt: skip
-        for algorithm in ALGORITHMS:
-            ratios = [run["steps_per_s"] / base["steps_per_s"] for run, base in zip(runs[algorithm], runs["sb3_ppo"])]
+        for algorithm in algorithms:
+            ratios = [run["steps_per_s"] / base["steps_per_s"] for run, base in zip(runs[algorithm], runs[algorithms[0]])]
             rows.append(
                 {
                     "setting": setting,
@@ -145,7 +171,7 @@ def markdown(rows: list[dict[str, Any]], rounds: int, timesteps: int | None) -> 
         f"{mp.cpu_count()} CPUs, Python {platform.python_version()}; {rounds} round(s), "
         f"{'default' if timesteps is None else timesteps} timesteps per run, 1 torch thread, each run in a fresh process.",
         "",
-        "| setting | algorithm | steps/s (median) | ratio vs SB3 PPO: median [min, max] "
+        "| setting | algorithm | steps/s (median) | ratio vs the original (first row): median [min, max] "
         "| collect / update share | peak RSS MB |",
         "|---|---|---:|---|---|---:|",
     ]

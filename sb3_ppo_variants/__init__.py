@@ -2,9 +2,28 @@
 
 import gymnasium as _gymnasium
 
-from sb3_ppo_variants.algorithm import NonFiniteLossError, VariantPPO
+from sb3_ppo_variants.algorithm import (
+    MaskableVariantPPO,
+    NonFiniteLossError,
+    RecurrentVariantPPO,
+    VariantAlgorithm,
+    VariantPPO,
+)
 from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController, ProportionalKLController
-from sb3_ppo_variants.variants import KLPPO, AdaptiveKLPPO, ClipKLPPO, ClipPPO
+from sb3_ppo_variants.variants import (
+    KLPPO,
+    AdaptiveKLPPO,
+    ClipKLPPO,
+    ClipPPO,
+    MaskableAdaptiveKLPPO,
+    MaskableClipKLPPO,
+    MaskableClipPPO,
+    MaskableKLPPO,
+    RecurrentAdaptiveKLPPO,
+    RecurrentClipKLPPO,
+    RecurrentClipPPO,
+    RecurrentKLPPO,
+)
 
 __version__ = "0.1.0"
 
@@ -12,12 +31,22 @@ __version__ = "0.1.0"
 if "sb3pv/Arithmetic-v0" not in _gymnasium.registry:
     _gymnasium.register("sb3pv/Arithmetic-v0", entry_point="sb3_ppo_variants.arithmetic.env:ArithmeticEnv")
 
-#: Short names of the named variants, as used by the tuning and ablation tools.
-VARIANTS: dict[str, type[VariantPPO]] = {
+#: Short names of the named variants, as used by the tuning and ablation tools: the four plain ones (on SB3's PPO),
+#: then the same four on sb3-contrib's MaskablePPO and RecurrentPPO. A class's ``variant`` attribute names the plain
+#: variant it is (``VARIANTS["maskable_clip_kl"].variant == "clip_kl"``).
+VARIANTS: dict[str, type[VariantAlgorithm]] = {
     "clip": ClipPPO,
     "kl": KLPPO,
     "adaptive_kl": AdaptiveKLPPO,
     "clip_kl": ClipKLPPO,
+    "maskable_clip": MaskableClipPPO,
+    "maskable_kl": MaskableKLPPO,
+    "maskable_adaptive_kl": MaskableAdaptiveKLPPO,
+    "maskable_clip_kl": MaskableClipKLPPO,
+    "recurrent_clip": RecurrentClipPPO,
+    "recurrent_kl": RecurrentKLPPO,
+    "recurrent_adaptive_kl": RecurrentAdaptiveKLPPO,
+    "recurrent_clip_kl": RecurrentClipKLPPO,
 }
 
 __all__ = [
@@ -29,8 +58,19 @@ __all__ = [
     "ClipPPO",
     "FixedKLController",
     "KLController",
+    "MaskableAdaptiveKLPPO",
+    "MaskableClipKLPPO",
+    "MaskableClipPPO",
+    "MaskableKLPPO",
+    "MaskableVariantPPO",
     "NonFiniteLossError",
     "ProportionalKLController",
+    "RecurrentAdaptiveKLPPO",
+    "RecurrentClipKLPPO",
+    "RecurrentClipPPO",
+    "RecurrentKLPPO",
+    "RecurrentVariantPPO",
+    "VariantAlgorithm",
     "VariantPPO",
     "__version__",
 ]

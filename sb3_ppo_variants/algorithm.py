@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from sb3_contrib import MaskablePPO, RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
@@ -24,7 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from sb3_ppo_variants import losses
 from sb3_ppo_variants.buffers import OldDistributionBufferMixin
 from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController, ProportionalKLController
-from sb3_ppo_variants.hosts import PPO_HOST, Host, RecurrentPPOHost
+from sb3_ppo_variants.hosts import MASKABLE_PPO_HOST, PPO_HOST, RECURRENT_PPO_HOST, Host, RecurrentPPOHost
 from sb3_ppo_variants.kl import KL_ESTIMATORS, distribution_params, exact_kl, reference_kl, sampled_kl
 from sb3_ppo_variants.schedules import ScheduleLike, check_schedule, schedule_value
 
@@ -39,7 +40,9 @@ __all__ = [
     "KL_PENALTIES",
     "KL_REFERENCE_PLACES",
     "SURROGATES",
+    "MaskableVariantPPO",
     "NonFiniteLossError",
+    "RecurrentVariantPPO",
     "VariantAlgorithm",
     "VariantPPO",
 ]
@@ -104,7 +107,7 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 class VariantAlgorithm(_Host):
     """
-    The variant logic, composed onto a PPO-like host algorithm (listed after it in the bases, with a
+    The variant logic, composed onto a PPO-like host algorithm (listed before the host in the bases, with a
     :class:`~sb3_ppo_variants.hosts.Host` adapter as ``host``): a loss composed of a surrogate (clipped or not),
     an optional KL penalty with a fixed, scheduled or adaptive coefficient, and an entropy bonus whose coefficient
     may follow a schedule. One training loop for every host (SB3's PPO, sb3-contrib's MaskablePPO and RecurrentPPO).
@@ -152,7 +155,7 @@ class VariantAlgorithm(_Host):
     # Set by the host algorithms (PPO, MaskablePPO, RecurrentPPO), which all have these arguments.
     clip_range: Any
     clip_range_vf: Any
-    batch_size: int
+    batch_size: Any  # int; or None with sb3-contrib's hosts: the whole rollout in one minibatch
     n_epochs: int
     normalize_advantage: bool
     target_kl: float | None
@@ -274,7 +277,7 @@ class VariantAlgorithm(_Host):
                     raise ValueError(
                         "it is neither a directory that the policy class's from_pretrained reads nor a file of policy.save"
                     )
-            except (OSError, ValueError, KeyError, RuntimeError) as error:
+            except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
                 raise ValueError(f"kl_reference={path!r}: cannot load a reference policy: {error}") from error
         policy = policy.to(self.device)
         policy.set_training_mode(False)
@@ -363,7 +366,7 @@ class VariantAlgorithm(_Host):
         self.policy.set_training_mode(False)
         buffer = self.rollout_buffer
         size = buffer.buffer_size * buffer.n_envs
-        chunk = max(self.batch_size, 1024)
+        chunk = max(self.batch_size or size, 1024)
         total = total_reference = 0.0
         for start in range(0, size, chunk):
             data = self.host.ordered_samples(buffer, np.arange(start, min(start + chunk, size)))
@@ -561,3 +564,28 @@ class VariantPPO(VariantAlgorithm, PPO):  # type: ignore[misc]
     """
 
     host = PPO_HOST
+
+
+class MaskableVariantPPO(VariantAlgorithm, MaskablePPO):  # type: ignore[misc]
+    """
+    sb3-contrib's MaskablePPO (invalid action masking, https://arxiv.org/abs/2006.14171) with the variant loss of
+    :class:`VariantAlgorithm`. The new distribution is evaluated under the masks of collection time, so the exact
+    KL is the masked distributions' (masked actions add 0). Takes every argument of
+    :class:`sb3_contrib.MaskablePPO` (its ``learn(use_masking=...)`` and ``predict(action_masks=...)`` too) and
+    those of :class:`VariantAlgorithm`. With ``surrogate="clipped"`` and ``kl_penalty="none"`` it gives the same
+    numbers as ``MaskablePPO`` for the same seed and arguments.
+    """
+
+    host = MASKABLE_PPO_HOST
+
+
+class RecurrentVariantPPO(VariantAlgorithm, RecurrentPPO):  # type: ignore[misc]
+    """
+    sb3-contrib's RecurrentPPO (LSTM policies) with the variant loss of :class:`VariantAlgorithm`. Minibatches are
+    padded sequences; every term (advantage normalisation, surrogate, value loss, entropy, KL) is a mean over the
+    real steps, and padded steps get a neutral stored distribution (finite KL and gradient). Takes every argument of
+    :class:`sb3_contrib.RecurrentPPO` and those of :class:`VariantAlgorithm`. With ``surrogate="clipped"`` and
+    ``kl_penalty="none"`` it gives the same numbers as ``RecurrentPPO`` for the same seed and arguments.
+    """
+
+    host = RECURRENT_PPO_HOST

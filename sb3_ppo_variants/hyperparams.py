@@ -29,7 +29,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from sb3_ppo_variants.algorithm import VariantPPO
+from sb3_ppo_variants.algorithm import VariantAlgorithm
 from sb3_ppo_variants.schedules import ConstantSchedule, as_schedule
 
 __all__ = [
@@ -112,7 +112,8 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], dict
 
 
 def resolve_algorithm(variant: str | type[BaseAlgorithm]) -> type[BaseAlgorithm]:
-    """A ``VARIANTS`` key, a baseline name (``sb3_ppo``, ``trpo``) or an algorithm class -> the class."""
+    """A ``VARIANTS`` key, a baseline name (``sb3_ppo``, ``trpo``, ``maskable_ppo``, ``recurrent_ppo``) or an
+    algorithm class -> the class."""
     if isinstance(variant, type):
         return variant
     from sb3_ppo_variants import VARIANTS
@@ -127,7 +128,16 @@ def resolve_algorithm(variant: str | type[BaseAlgorithm]) -> type[BaseAlgorithm]
         from sb3_contrib import TRPO
 
         return TRPO
-    raise ValueError(f"variant must be one of {[*VARIANTS, 'sb3_ppo', 'trpo']}, got {variant!r}")
+    if variant == "maskable_ppo":
+        from sb3_contrib import MaskablePPO
+
+        return MaskablePPO
+    if variant == "recurrent_ppo":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO
+    baselines = ["sb3_ppo", "trpo", "maskable_ppo", "recurrent_ppo"]
+    raise ValueError(f"variant must be one of {[*VARIANTS, *baselines]}, got {variant!r}")
 
 
 def resolve_policy(policy: str | type) -> str | type:
@@ -175,7 +185,7 @@ def make_model(
 ) -> BaseAlgorithm:
     """Build a model of ``variant`` on ``env_id`` from an rl-zoo3 entry (see :func:`load_hyperparams`).
 
-    :param variant: a ``VARIANTS`` key, ``"sb3_ppo"``, ``"trpo"`` or an algorithm class
+    :param variant: a ``VARIANTS`` key, a baseline name (see :func:`resolve_algorithm`) or an algorithm class
     :param hyperparams: the entry (constructor arguments mixed with ``n_envs``, ``policy``, ``normalize``, ...);
         ``policy`` is an SB3 alias or an import path ``"module:Class"`` (see :func:`resolve_policy`)
     :param seed: seeds the model and the training environments
@@ -185,7 +195,7 @@ def make_model(
     algorithm = resolve_algorithm(variant)
     model_kwargs, settings = split_hyperparams(hyperparams or {})
     model_kwargs.update(overrides)
-    if not issubclass(algorithm, VariantPPO):
+    if not issubclass(algorithm, VariantAlgorithm):
         # SB3's own algorithms take schedules as callables, not strings (rl-zoo3 converts them the same way).
         for key in ("learning_rate", "clip_range", "clip_range_vf", "ent_coef"):
             if isinstance(model_kwargs.get(key), str):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from stable_baselines3.common.type_aliases import GymEnv
 
-from sb3_ppo_variants.algorithm import VariantPPO
+from sb3_ppo_variants.algorithm import MaskableVariantPPO, RecurrentVariantPPO, VariantPPO
 from sb3_ppo_variants.schedules import ScheduleLike
 
 if TYPE_CHECKING:
@@ -30,6 +30,14 @@ __all__ = [
     "ClipPPO",
     "ClipVariant",
     "KLVariant",
+    "MaskableAdaptiveKLPPO",
+    "MaskableClipKLPPO",
+    "MaskableClipPPO",
+    "MaskableKLPPO",
+    "RecurrentAdaptiveKLPPO",
+    "RecurrentClipKLPPO",
+    "RecurrentClipPPO",
+    "RecurrentKLPPO",
 ]
 
 
@@ -154,3 +162,35 @@ class AdaptiveKLPPO(AdaptiveKLVariant, VariantPPO):
 
 class ClipKLPPO(ClipKLVariant, VariantPPO):
     """PPO with the clipped surrogate plus a KL penalty (see :class:`ClipKLVariant`)."""
+
+
+class MaskableClipPPO(ClipVariant, MaskableVariantPPO):
+    """MaskablePPO with the clipped surrogate and no KL penalty: the same numbers as ``sb3_contrib.MaskablePPO``."""
+
+
+class MaskableKLPPO(KLVariant, MaskableVariantPPO):
+    """MaskablePPO with the paper's "fixed KL penalty" over the masked distributions (see :class:`KLVariant`)."""
+
+
+class MaskableAdaptiveKLPPO(AdaptiveKLVariant, MaskableVariantPPO):
+    """MaskablePPO with the paper's "adaptive KL penalty" (see :class:`AdaptiveKLVariant`)."""
+
+
+class MaskableClipKLPPO(ClipKLVariant, MaskableVariantPPO):
+    """MaskablePPO with the clipped surrogate plus a KL penalty (see :class:`ClipKLVariant`)."""
+
+
+class RecurrentClipPPO(ClipVariant, RecurrentVariantPPO):
+    """RecurrentPPO with the clipped surrogate and no KL penalty: the same numbers as ``sb3_contrib.RecurrentPPO``."""
+
+
+class RecurrentKLPPO(KLVariant, RecurrentVariantPPO):
+    """RecurrentPPO with the paper's "fixed KL penalty" (see :class:`KLVariant`)."""
+
+
+class RecurrentAdaptiveKLPPO(AdaptiveKLVariant, RecurrentVariantPPO):
+    """RecurrentPPO with the paper's "adaptive KL penalty" (see :class:`AdaptiveKLVariant`)."""
+
+
+class RecurrentClipKLPPO(ClipKLVariant, RecurrentVariantPPO):
+    """RecurrentPPO with the clipped surrogate plus a KL penalty (see :class:`ClipKLVariant`)."""

@@ -20,12 +20,47 @@ def _require_postgres() -> bool:
     return os.environ.get("SB3PV_REQUIRE_POSTGRES", "") not in ("", "0")
 
 
+def _variants_on(base_name: str) -> list[str]:
+    """The registry's names of the variants built on one host base (``VariantPPO``, ``MaskableVariantPPO``, ...)."""
+    from sb3_ppo_variants import VARIANTS, algorithm
+
+    return [name for name, cls in VARIANTS.items() if issubclass(cls, getattr(algorithm, base_name))]
+
+
 @pytest.fixture(params=["clip", "kl", "adaptive_kl", "clip_kl"])
 def model_class(request: pytest.FixtureRequest) -> type:
     """Stands for SB3's ``PPO`` in the ported SB3 tests: one run per variant (ids: clip, kl, adaptive_kl, clip_kl)."""
     from sb3_ppo_variants import VARIANTS
 
-    assert list(VARIANTS) == ["clip", "kl", "adaptive_kl", "clip_kl"], "update the params above"
+    assert _variants_on("VariantPPO") == ["clip", "kl", "adaptive_kl", "clip_kl"], "update the params above"
+    return VARIANTS[request.param]
+
+
+@pytest.fixture(params=["maskable_clip", "maskable_kl", "maskable_adaptive_kl", "maskable_clip_kl"])
+def maskable_class(request: pytest.FixtureRequest) -> type:
+    """Stands for sb3-contrib's ``MaskablePPO`` in the ported sb3-contrib tests: one run per variant on that host."""
+    from sb3_ppo_variants import VARIANTS
+
+    assert _variants_on("MaskableVariantPPO") == [
+        "maskable_clip",
+        "maskable_kl",
+        "maskable_adaptive_kl",
+        "maskable_clip_kl",
+    ], "update the params above"
+    return VARIANTS[request.param]
+
+
+@pytest.fixture(params=["recurrent_clip", "recurrent_kl", "recurrent_adaptive_kl", "recurrent_clip_kl"])
+def recurrent_class(request: pytest.FixtureRequest) -> type:
+    """Stands for sb3-contrib's ``RecurrentPPO`` in the ported sb3-contrib tests: one run per variant on that host."""
+    from sb3_ppo_variants import VARIANTS
+
+    assert _variants_on("RecurrentVariantPPO") == [
+        "recurrent_clip",
+        "recurrent_kl",
+        "recurrent_adaptive_kl",
+        "recurrent_clip_kl",
+    ], "update the params above"
     return VARIANTS[request.param]
 
 

@@ -7,6 +7,12 @@ from typing import Any
 import torch as th
 from stable_baselines3.common.logger import Logger
 
+from sb3_ppo_variants import VARIANTS, VariantPPO
+
+#: The registry's plain variants (on SB3's PPO), in order; the sb3-contrib ones are tested in test_contrib.py and
+#: test_sb3_contrib.py (and, for tuning and ablation, once the studies pick a contrib variant's plain search space).
+PLAIN_VARIANTS = [name for name, cls in VARIANTS.items() if issubclass(cls, VariantPPO)]
+
 
 class RecordingLogger(Logger):
     """SB3's logger that also keeps every value dumped, per key (a real logger, nothing mocked)."""

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch as th
-from helpers import RecordingLogger
+from helpers import PLAIN_VARIANTS, RecordingLogger
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_ppo_variants import VARIANTS, ClipKLPPO, ClipPPO
+from sb3_ppo_variants import ClipKLPPO, ClipPPO
 from sb3_ppo_variants.hyperparams import load_hyperparams, make_model, split_hyperparams
 from sb3_ppo_variants.schedules import CosineSchedule, ExponentialSchedule, LinearSchedule
 
 ZOO = Path(__file__).parent / "data" / "ppo_zoo.yml"
 
 
-@pytest.mark.parametrize("variant", [*VARIANTS, "sb3_ppo"])
+@pytest.mark.parametrize("variant", [*PLAIN_VARIANTS, "sb3_ppo"])
 def test_zoo_cartpole_entry_builds_every_variant(variant: str) -> None:
     model = make_model(variant, "CartPole-v1", load_hyperparams(ZOO, "CartPole-v1"), seed=0)
     assert model.n_envs == 8

@@ -84,10 +84,10 @@ def test_proportional_controller_state_survives_save_load(tmp_path):
     assert (loaded.kl_controller.kl_target, loaded.kl_controller.horizon) == (1e-4, 100.0)
 
 
-def _reference_file(tmp_path) -> str:
-    """The initial policy of a CartPole model built with SMALL's seed, saved with SB3's policy.save."""
+def _reference_file(tmp_path, clip_class: type = ClipPPO) -> str:
+    """The initial policy of a CartPole model of ``clip_class`` built with SMALL's seed, saved with SB3's policy.save."""
     path = str(tmp_path / "reference.pt")
-    ClipPPO("MlpPolicy", "CartPole-v1", **SMALL).policy.save(path)
+    clip_class("MlpPolicy", "CartPole-v1", **SMALL).policy.save(path)
     return path
 
 
@@ -139,15 +139,18 @@ def test_reference_policy_object_is_copied_and_survives_save_load(tmp_path):
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_every_variant_takes_the_reference_settings(name, tmp_path):
-    path = _reference_file(tmp_path)
     cls = VARIANTS[name]
+    if isinstance(cls.host, RecurrentPPOHost):
+        message = "needs a KL penalty" if cls.variant == "clip" else "kl_reference is not supported on RecurrentPPO hosts"  # type: ignore[attr-defined]
+        with pytest.raises(ValueError, match=message):
+            cls("MlpLstmPolicy", "CartPole-v1", kl_reference=_reference_file(tmp_path), **SMALL)
+        return
+    # a policy file of the same host's policy class (SB3's policy.load builds the class it is called on)
+    clip_class = next(c for c in VARIANTS.values() if c.host is cls.host and c.variant == "clip")  # type: ignore[attr-defined]
+    path = _reference_file(tmp_path, clip_class)
     if cls.variant == "clip":  # type: ignore[attr-defined]
         with pytest.raises(ValueError, match=r"kl_reference=.* needs a KL penalty"):
             cls("MlpPolicy", "CartPole-v1", kl_reference=path, **SMALL)
-        return
-    if isinstance(cls.host, RecurrentPPOHost):
-        with pytest.raises(ValueError, match="kl_reference is not supported on RecurrentPPO hosts"):
-            cls("MlpLstmPolicy", "CartPole-v1", kl_reference=path, **SMALL)
         return
     model = cls("MlpPolicy", "CartPole-v1", kl_reference=path, kl_reference_in="reward", **SMALL)
     assert model.reference_policy is not None and model.kl_reference_in == "reward"

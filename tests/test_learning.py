@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import PLAIN_VARIANTS
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from sb3_ppo_variants import VARIANTS
 from sb3_ppo_variants.hyperparams import load_hyperparams, make_model
 
 ZOO = Path(__file__).parent / "data" / "ppo_zoo.yml"
@@ -21,7 +21,7 @@ SEED = 0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", PLAIN_VARIANTS)
 def test_every_variant_solves_cartpole_in_100k_steps(variant: str) -> None:
     entry = load_hyperparams(ZOO, "CartPole-v1")
     model = make_model(variant, "CartPole-v1", entry, seed=SEED, device="cpu")

@@ -19,10 +19,10 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from helpers import PLAIN_VARIANTS
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from sb3_ppo_variants import VARIANTS
 from sb3_ppo_variants.experiments import tuning
 from sb3_ppo_variants.experiments.search_spaces import (
     ENT_SCHEDULES,
@@ -80,10 +80,10 @@ def _sampled(variant: str, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
 
 
 def test_every_variant_has_one_search_space():
-    assert set(SEARCH_SPACES) == set(VARIANTS) == set(EXPECTED_PARAMS)
+    assert set(SEARCH_SPACES) == set(PLAIN_VARIANTS) == set(EXPECTED_PARAMS)
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(PLAIN_VARIANTS))
 def test_sampled_params_build_the_variant_with_those_values(variant):
     for seed in range(3):
         params = _sampled(variant, seed)
@@ -104,7 +104,7 @@ def test_sampled_params_build_the_variant_with_those_values(variant):
 
 def test_beta_kl_target_and_ent_coef_are_sampled_on_a_log_scale():
     study = optuna.create_study()
-    for variant in VARIANTS:
+    for variant in PLAIN_VARIANTS:
         suggest_params(study.ask(), variant)
     distributions = {name: d for trial in study.trials for name, d in trial.distributions.items()}
     assert {name for name, d in distributions.items() if getattr(d, "log", False)} == {"kl_coef", "kl_target", "ent_coef"}
