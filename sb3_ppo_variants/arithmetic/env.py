@@ -12,6 +12,7 @@ held-out set (``held_out_fraction`` of them); an environment poses only the prob
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -33,6 +34,7 @@ __all__ = [
     "answer_score",
     "generate_answers",
     "greedy_accuracy",
+    "prompt_subset",
 ]
 
 ENV_ID = "sb3pv/Arithmetic-v0"
@@ -224,6 +226,17 @@ class ArithmeticEnv(gym.Env[np.ndarray, np.int64]):
         if self.render_mode != "ansi":
             return None
         return self.tokenizer.decode(self._tokens[: self._prompt_length + self._n_answer].tolist())
+
+
+def prompt_subset(env: ArithmeticEnv, n_prompts: int, seed: int = 0) -> ArithmeticEnv:
+    """A copy of ``env`` that poses only ``n_prompts`` of its prompts (all of them if it has fewer), drawn with ``seed``
+    (e.g. a quicker accuracy check on part of the held-out set)."""
+    subset = copy.copy(env)
+    chosen = sorted(np.random.default_rng(seed).permutation(len(env.prompts))[:n_prompts])
+    subset.prompts = [env.prompts[i] for i in chosen]
+    subset.answers = [env.answers[i] for i in chosen]
+    subset._prompt_ids = [env._prompt_ids[i] for i in chosen]
+    return subset
 
 
 def generate_answers(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch as th
 
-from sb3_ppo_variants.arithmetic.env import ArithmeticEnv, greedy_accuracy
+from sb3_ppo_variants.arithmetic.env import ArithmeticEnv, greedy_accuracy, prompt_subset
 from sb3_ppo_variants.arithmetic.policy import TransformerPolicy
 from sb3_ppo_variants.schedules import ConstantSchedule
 
@@ -103,10 +103,7 @@ def pretrain_reference(
     optimizer = th.optim.Adam(model.parameters(), lr=learning_rate)
     inputs, labels = answer_batches(env)
     rng = np.random.default_rng(seed)
-    eval_env = ArithmeticEnv(**env_kwargs)
-    eval_env.prompts, eval_env.answers = [
-        list(column) for column in zip(*rng.permutation(np.array([env.prompts, env.answers]).T)[:n_eval_prompts])
-    ]
+    eval_env = prompt_subset(env, n_eval_prompts, seed)
     train_accuracy, step = 0.0, 0
     while step < max_steps:
         model.train()

@@ -21,7 +21,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_ppo_variants.arithmetic.env import ENV_ID, ArithmeticEnv, generate_answers, greedy_accuracy
+from sb3_ppo_variants.arithmetic.env import ENV_ID, ArithmeticEnv, generate_answers, greedy_accuracy, prompt_subset
 from sb3_ppo_variants.arithmetic.policy import TransformerPolicy
 from sb3_ppo_variants.arithmetic.pretrain import pretrain_reference
 from sb3_ppo_variants.hyperparams import load_hyperparams, make_model, split_hyperparams
@@ -119,10 +119,7 @@ def fine_tune(
     start = time.perf_counter()
     model = make_model(variant, ENV_ID, entry, seed=seed)
     held_out = ArithmeticEnv(**{**env_kwargs, "split": "held_out"})
-    subset = ArithmeticEnv(**{**env_kwargs, "split": "held_out"})
-    chosen = np.random.default_rng(1).permutation(len(held_out.prompts))[:n_eval_prompts]
-    subset.prompts = [held_out.prompts[i] for i in chosen]
-    subset.answers = [held_out.answers[i] for i in chosen]
+    subset = prompt_subset(held_out, n_eval_prompts, seed=1)
     frozen = TransformerPolicy.from_pretrained(reference, model.observation_space, model.action_space)
     frozen.set_training_mode(False)
     curves = TrainingCurves(frozen, subset, eval_every=max(1, timesteps // n_evals))
@@ -289,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pretrain-only", action="store_true", help="pretrain (or reuse) the reference and stop")
     args = parser.parse_args(argv)
     th.set_num_threads(1)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # one bar per model loaded or saved otherwise
     pretraining = {"target_accuracy": args.target_accuracy}
     if args.pretrain_only:
         _, entry = arm_hyperparams(args.hyperparams or default_hyperparams_file(), args.arms[0], args.reference)
