@@ -337,3 +337,34 @@ def test_fine_tuning_beats_the_reference_and_writes_a_report(reference, tmp_path
     report = (tmp_path / "report" / "report.md").read_text()
     assert "kl_reward" in report and f"{run_result['held_out_accuracy']:.3f}" in report
     assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
+
+
+def test_a_gpt2_tokenizer_and_checkpoint_take_the_same_code_path(tmp_path):
+    """transformers' own GPT2Tokenizer (byte-level BPE, here with a tiny vocabulary and no merges, no download) and a
+    GPT-2 checkpoint saved next to it: the env, the policy and the KL reference load them from the directory."""
+    import json
+
+    from transformers import GPT2Tokenizer
+
+    from sb3_ppo_variants import ClipKLPPO
+    from sb3_ppo_variants.arithmetic.policy import TransformerPolicy
+    from sb3_ppo_variants.schedules import ConstantSchedule
+
+    vocab = {char: i for i, char in enumerate("0123456789+-*=")} | {"<|endoftext|>": 14}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    directory = tmp_path / "gpt2"
+    GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")).save_pretrained(directory)
+    tokenizer = load_tokenizer(directory)
+    assert type(tokenizer).__name__.startswith("GPT2Tokenizer")
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == 14  # GPT-2 has no padding token: its end token pads
+    env = ArithmeticEnv(digits=1, tokenizer=str(directory))
+    assert env.action_space.n == 15 and env.pad_token_id == env.eos_token_id == 14
+    assert answer(env, "3+4=", "7")[0] == 1.0
+    special = {"pad_token_id": 14, "eos_token_id": 14, "bos_token_id": 14}
+    policy = TransformerPolicy(env.observation_space, env.action_space, ConstantSchedule(0.0), model_config=TINY | special)
+    policy.save_pretrained(directory, tokenizer)
+    kwargs = {"policy_kwargs": {"model_path": str(directory)}, "n_steps": 16, "batch_size": 16}
+    model = ClipKLPPO(TransformerPolicy, env, kl_reference=str(directory), **kwargs)
+    model.learn(16)
+    assert np.abs(model.rollout_buffer.reference_kl).max() < 1e-6
