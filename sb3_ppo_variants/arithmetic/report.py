@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,8 +56,12 @@ def arm_hyperparams(source: str | Path | dict[str, Any], arm: str, reference: st
 
 
 class TrainingCurves(BaseCallback):
-    """After each rollout: the mean training reward (sampled answers) and the mean KL(pi || pi_ref) per token over
-    ``kl_states`` states of the rollout; every ``eval_every`` timesteps, greedy accuracy on ``eval_env``'s prompts.
+    """The curves of a fine-tuning run, labelled with the timesteps collected so far (SB3's convention).
+
+    After each rollout: the mean training reward (the last 100 sampled answers) and the mean KL(pi || pi_ref) per
+    token over ``kl_states`` states of the rollout, with the policy that collected it; at the end of training, that
+    KL once more with the final policy. Greedy accuracy on ``eval_env``'s prompts at the start, then before a
+    rollout whenever ``eval_every`` more timesteps have been trained on.
 
     :param reference: the frozen reference policy
     :param eval_env: the environment whose prompts (a held-out subset) measure greedy accuracy
@@ -69,32 +75,33 @@ class TrainingCurves(BaseCallback):
         self.kl_states = kl_states
         self.rows: list[dict[str, float]] = []
         self.accuracy: list[tuple[int, float]] = []
+        self.final_kl_ref = float("nan")
         self._rng = np.random.default_rng(0)
-
-    def _on_training_start(self) -> None:
-        self.accuracy.append((0, greedy_accuracy(self.model.policy.predict, self.eval_env)))
 
     def _on_step(self) -> bool:
         return True
 
+    def _on_rollout_start(self) -> None:
+        if not self.accuracy or self.num_timesteps - self.accuracy[-1][0] >= self.eval_every:
+            self.accuracy.append((self.num_timesteps, greedy_accuracy(self.model.policy.predict, self.eval_env)))
+
     @th.no_grad()
-    def _on_rollout_end(self) -> None:
+    def _kl_to_reference(self) -> float:
         observations = self.model.rollout_buffer.observations  # type: ignore[attr-defined]
         observations = observations.reshape(-1, observations.shape[-1])
         states = th.as_tensor(observations[self._rng.choice(len(observations), self.kl_states, replace=False)])
         policy: Any = self.model.policy
         logits = policy.get_distribution(states).distribution.logits
         reference_logits = self.reference.get_distribution(states).distribution.logits  # type: ignore[union-attr]
+        return categorical_kl(logits, reference_logits).mean().item()
+
+    def _on_rollout_end(self) -> None:
         episodes: Any = self.model.ep_info_buffer or []
-        self.rows.append(
-            {
-                "timesteps": self.num_timesteps,
-                "reward": float(np.mean([e["r"] for e in episodes])) if episodes else float("nan"),
-                "kl_ref": categorical_kl(logits, reference_logits).mean().item(),
-            }
-        )
-        if self.num_timesteps // self.eval_every > self.accuracy[-1][0] // self.eval_every:
-            self.accuracy.append((self.num_timesteps, greedy_accuracy(policy.predict, self.eval_env)))
+        reward = float(np.mean([e["r"] for e in episodes])) if episodes else float("nan")
+        self.rows.append({"timesteps": self.num_timesteps, "reward": reward, "kl_ref": self._kl_to_reference()})
+
+    def _on_training_end(self) -> None:
+        self.final_kl_ref = self._kl_to_reference()
 
 
 def fine_tune(
@@ -125,18 +132,40 @@ def fine_tune(
     curves = TrainingCurves(frozen, subset, eval_every=max(1, timesteps // n_evals))
     model.learn(timesteps, callback=curves)
     model.policy.set_training_mode(False)
+    accuracy = greedy_accuracy(model.policy.predict, held_out)
+    curves.accuracy.append((model.num_timesteps, greedy_accuracy(model.policy.predict, subset)))
     results = {
         "arm": arm,
         "variant": variant,
         "seed": seed,
         "timesteps": model.num_timesteps,
-        "held_out_accuracy": greedy_accuracy(model.policy.predict, held_out),
+        "held_out_accuracy": accuracy,
         "curves": curves.rows,
         "accuracy_curve": curves.accuracy,
-        "final_kl_ref": curves.rows[-1]["kl_ref"] if curves.rows else float("nan"),
+        "final_kl_ref": curves.final_kl_ref,
         "seconds": time.perf_counter() - start,
     }
     return model, results
+
+
+def _fine_tune_job(
+    arm: str,
+    seed: int,
+    reference: str,
+    hyperparams: str | Path | dict[str, Any],
+    timesteps: int | None,
+    prompts: list[str],
+) -> dict[str, Any]:
+    """One run of :func:`run`, in this process or a worker: its results, with its greedy answers to ``prompts``."""
+    th.set_num_threads(1)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # one bar per model loaded otherwise
+    model, result = fine_tune(arm, seed, reference, hyperparams, timesteps)
+    env_kwargs = split_hyperparams(arm_hyperparams(hyperparams, arm, reference)[1])[1].get("env_kwargs") or {}
+    held_out = ArithmeticEnv(**{**env_kwargs, "split": "held_out"})
+    result["samples"] = generate_answers(model.policy.predict, held_out, prompts)
+    return result
 
 
 def _plot(results: list[dict[str, Any]], reference_accuracy: float, path: Path) -> None:
@@ -156,7 +185,7 @@ def _plot(results: list[dict[str, Any]], reference_accuracy: float, path: Path) 
             axes[1].plot(*zip(*r["accuracy_curve"]), color=color, alpha=0.7, marker="o", label=label)
             axes[2].plot(steps, [row["kl_ref"] for row in r["curves"]], color=color, alpha=0.7, label=label)
     axes[1].axhline(reference_accuracy, color="gray", linestyle="--", label="reference")
-    titles = ("training reward (sampled answers)", "greedy accuracy, held-out subset", "KL(pi || pi_ref) per token")
+    titles = ("training reward (sampled answers)", "greedy accuracy, held-out subset", "KL(pi || pi_ref) per token, collected")
     for axis, title in zip(axes, titles):
         axis.set_title(title)
         axis.set_xlabel("timesteps")
@@ -217,11 +246,13 @@ def run(
     hyperparams: str | Path | None = None,
     pretraining: dict[str, Any] | None = None,
     n_samples: int = 10,
+    jobs: int = 1,
     verbose: int = 1,
 ) -> dict[str, Any]:
     """Pretrain (or reuse) the reference in ``reference``, fine-tune it for every arm and seed, write the report.
 
     :param pretraining: keyword arguments of :func:`pretrain_reference` (``target_accuracy``, ``model_config``, ...)
+    :param jobs: runs at once, each in its own process with one torch thread (1: all in this process)
     :return: the summary (also in ``results.json``)
     """
     hyperparams = hyperparams or default_hyperparams_file()
@@ -231,24 +262,35 @@ def run(
     metadata = pretrain_reference(reference, env_kwargs, **(pretraining or {}))
     if verbose:
         print(f"reference {reference}: held-out accuracy {metadata['held_out_accuracy']:.3f}, {metadata['steps']} steps")
-    results: list[dict[str, Any]] = []
-    models: dict[str, Any] = {}
-    for arm in arms:
-        for seed in seeds:
-            model, result = fine_tune(arm, seed, reference, hyperparams, timesteps)
-            results.append(result)
-            models.setdefault(arm, model)
-            if verbose:
-                print(
-                    f"{arm} seed {seed}: held-out greedy accuracy {result['held_out_accuracy']:.3f}, "
-                    f"KL to reference {result['final_kl_ref']:.4f}, {result['seconds']:.0f} s"
-                )
     held_out = ArithmeticEnv(**{**env_kwargs, "split": "held_out"})
-    frozen = TransformerPolicy.from_pretrained(reference, held_out.observation_space, held_out.action_space)
     prompts = held_out.prompts[:: max(1, len(held_out.prompts) // n_samples)][:n_samples]
+    cells = [(arm, seed, str(reference), hyperparams, timesteps, prompts) for arm in arms for seed in seeds]
+    results: list[dict[str, Any]] = []
+
+    def done(result: dict[str, Any]) -> None:
+        results.append(result)
+        if verbose:
+            print(
+                f"{result['arm']} seed {result['seed']}: held-out greedy accuracy {result['held_out_accuracy']:.3f}, "
+                f"KL to reference {result['final_kl_ref']:.4f}, {result['seconds']:.0f} s",
+                flush=True,
+            )
+
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for future in as_completed([pool.submit(_fine_tune_job, *cell) for cell in cells]):
+                done(future.result())
+        results.sort(key=lambda r: (list(arms).index(r["arm"]), list(seeds).index(r["seed"])))
+    else:
+        for cell in cells:
+            done(_fine_tune_job(*cell))
+    frozen = TransformerPolicy.from_pretrained(reference, held_out.observation_space, held_out.action_space)
     columns = {"reference": generate_answers(frozen.predict, held_out, prompts)}
-    for arm, model in models.items():
-        columns[f"{arm} (seed {seeds[0]})"] = generate_answers(model.policy.predict, held_out, prompts)
+    for result in results:
+        if result["seed"] == seeds[0]:
+            columns[f"{result['arm']} (seed {seeds[0]})"] = result.pop("samples")
+        else:
+            del result["samples"]
     samples = [
         {"prompt": p, "correct": held_out.answers[held_out.prompts.index(p)], **{k: v[i] for k, v in columns.items()}}
         for i, p in enumerate(prompts)
@@ -283,12 +325,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--timesteps", type=int, default=None, help="per run (default: the file's n_timesteps)")
     parser.add_argument("--hyperparams", default=None, help="rl-zoo3 style file (default: the package's arithmetic.yml)")
     parser.add_argument("--target-accuracy", type=float, default=0.4, help="pretraining stops at this greedy accuracy")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, one process each (default: %(default)s)")
     parser.add_argument("--pretrain-only", action="store_true", help="pretrain (or reuse) the reference and stop")
     args = parser.parse_args(argv)
     th.set_num_threads(1)
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # one bar per model loaded or saved otherwise
+    transformers_logging.disable_progress_bar()  # one bar per model loaded or saved otherwise (workers: see the job)
     pretraining = {"target_accuracy": args.target_accuracy}
     if args.pretrain_only:
         _, entry = arm_hyperparams(args.hyperparams or default_hyperparams_file(), args.arms[0], args.reference)
@@ -296,4 +339,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         metadata = pretrain_reference(args.reference, env_kwargs, **pretraining)
         print(f"reference {args.reference}: held-out greedy accuracy {metadata['held_out_accuracy']:.3f}")
         return
-    run(args.out, args.reference, args.arms, args.seeds, args.timesteps, args.hyperparams, pretraining)
+    run(args.out, args.reference, args.arms, args.seeds, args.timesteps, args.hyperparams, pretraining, jobs=args.jobs)
