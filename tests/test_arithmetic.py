@@ -368,3 +368,12 @@ def test_a_gpt2_tokenizer_and_checkpoint_take_the_same_code_path(tmp_path):
     model = ClipKLPPO(TransformerPolicy, env, kl_reference=str(directory), **kwargs)
     model.learn(16)
     assert np.abs(model.rollout_buffer.reference_kl).max() < 1e-6
+
+
+def test_a_policy_named_by_its_import_path():
+    from sb3_ppo_variants.hyperparams import resolve_policy
+
+    assert resolve_policy("MlpPolicy") == "MlpPolicy"
+    assert resolve_policy("sb3_ppo_variants.arithmetic.env:ArithmeticEnv") is ArithmeticEnv
+    with pytest.raises(ValueError, match=r"policy 'sb3_ppo_variants.arithmetic.env:Nope': cannot import 'Nope'"):
+        resolve_policy("sb3_ppo_variants.arithmetic.env:Nope")
