@@ -184,7 +184,7 @@ def _plot(results: list[dict[str, Any]], reference_accuracy: float, path: Path) 
             axes[0].plot(steps, [row["reward"] for row in r["curves"]], color=color, alpha=0.7, label=label)
             axes[1].plot(*zip(*r["accuracy_curve"]), color=color, alpha=0.7, marker="o", label=label)
             axes[2].plot(steps, [row["kl_ref"] for row in r["curves"]], color=color, alpha=0.7, label=label)
-    axes[1].axhline(reference_accuracy, color="gray", linestyle="--", label="reference")
+    axes[1].axhline(reference_accuracy, color="gray", linestyle="--", label="reference, all held-out prompts")
     titles = ("training reward (sampled answers)", "greedy accuracy, held-out subset", "KL(pi || pi_ref) per token, collected")
     for axis, title in zip(axes, titles):
         axis.set_title(title)
