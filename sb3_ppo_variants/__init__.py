@@ -1,5 +1,7 @@
 """PPO variants as drop-in Stable-Baselines3 algorithms, and tools to tune and compare them."""
 
+import gymnasium as _gymnasium
+
 from sb3_ppo_variants.algorithm import (
     MaskableVariantPPO,
     NonFiniteLossError,
@@ -7,7 +9,7 @@ from sb3_ppo_variants.algorithm import (
     VariantAlgorithm,
     VariantPPO,
 )
-from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController
+from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController, ProportionalKLController
 from sb3_ppo_variants.population import Population, PopulationEvalCallback
 from sb3_ppo_variants.variants import (
     KLPPO,
@@ -25,6 +27,10 @@ from sb3_ppo_variants.variants import (
 )
 
 __version__ = "0.1.0"
+
+# The arithmetic environment (sb3_ppo_variants.arithmetic): registered by an entry-point string, imported on make.
+if "sb3pv/Arithmetic-v0" not in _gymnasium.registry:
+    _gymnasium.register("sb3pv/Arithmetic-v0", entry_point="sb3_ppo_variants.arithmetic.env:ArithmeticEnv")
 
 #: Short names of the named variants, as used by the tuning and ablation tools: the four plain ones (on SB3's PPO),
 #: then the same four on sb3-contrib's MaskablePPO and RecurrentPPO. A class's ``variant`` attribute names the plain
@@ -61,6 +67,7 @@ __all__ = [
     "NonFiniteLossError",
     "Population",
     "PopulationEvalCallback",
+    "ProportionalKLController",
     "RecurrentAdaptiveKLPPO",
     "RecurrentClipKLPPO",
     "RecurrentClipPPO",

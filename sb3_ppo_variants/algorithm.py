@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -15,15 +17,16 @@ from sb3_contrib import MaskablePPO, RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_ppo_variants import losses
 from sb3_ppo_variants.buffers import OldDistributionBufferMixin
-from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController
-from sb3_ppo_variants.hosts import MASKABLE_PPO_HOST, PPO_HOST, RECURRENT_PPO_HOST, Host
-from sb3_ppo_variants.kl import KL_ESTIMATORS, distribution_params, exact_kl, sampled_kl
+from sb3_ppo_variants.controllers import AdaptiveKLController, FixedKLController, KLController, ProportionalKLController
+from sb3_ppo_variants.hosts import MASKABLE_PPO_HOST, PPO_HOST, RECURRENT_PPO_HOST, Host, RecurrentPPOHost
+from sb3_ppo_variants.kl import KL_ESTIMATORS, distribution_params, exact_kl, reference_kl, sampled_kl
 from sb3_ppo_variants.schedules import ScheduleLike, check_schedule, schedule_value
 
 if TYPE_CHECKING:
@@ -35,6 +38,7 @@ else:
 
 __all__ = [
     "KL_PENALTIES",
+    "KL_REFERENCE_PLACES",
     "SURROGATES",
     "MaskableVariantPPO",
     "NonFiniteLossError",
@@ -46,7 +50,8 @@ __all__ = [
 SelfVariantAlgorithm = TypeVar("SelfVariantAlgorithm", bound="VariantAlgorithm")
 
 SURROGATES = ("clipped", "unclipped", "dual_clip")
-KL_PENALTIES = ("none", "fixed", "adaptive")
+KL_PENALTIES = ("none", "fixed", "adaptive", "proportional")
+KL_REFERENCE_PLACES = ("loss", "reward")
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
@@ -119,15 +124,29 @@ class VariantAlgorithm(_Host):
         ``"unclipped"``: r A (``clip_range`` then only feeds the ``train/clip_fraction`` diagnostic);
         ``"dual_clip"``: the clipped term, bounded below by ``dual_clip * A`` where A < 0 (Ye et al. 2020)
     :param dual_clip: c > 1 of the ``"dual_clip"`` surrogate (3.0 in the paper); ignored by the others
-    :param kl_penalty: ``"none"``, ``"fixed"`` (beta = ``kl_coef``, possibly scheduled) or
+    :param kl_penalty: ``"none"``, ``"fixed"`` (beta = ``kl_coef``, possibly scheduled),
         ``"adaptive"`` (beta starts at ``kl_coef`` and is halved or doubled after each update to keep
-        the mean KL near ``kl_target``). The current beta is ``model.kl_controller.value``.
-    :param kl_coef: beta >= 0; with ``"adaptive"``, the initial beta (its value at progress 1)
-    :param kl_target: d_targ > 0 of the adaptive rule. Not SB3's ``target_kl``, which stops the epoch
-        loop early when the approximate KL exceeds 1.5 * target_kl; both can be used together.
+        the mean KL near ``kl_target``) or ``"proportional"`` (Ziegler et al. 2019, as in Hugging Face TRL:
+        ``beta *= 1 + clip(KL / kl_target - 1, -0.2, 0.2) * n_steps / kl_horizon`` after each update, with
+        n_steps the steps collected for it). The current beta is ``model.kl_controller.value``.
+    :param kl_coef: beta >= 0; with ``"adaptive"`` or ``"proportional"``, the initial beta (its value at progress 1)
+    :param kl_target: d_targ > 0 of the adaptive and proportional rules (a KL per step). Not SB3's ``target_kl``,
+        which stops the epoch loop early when the approximate KL exceeds 1.5 * target_kl; both can be used together.
+    :param kl_horizon: the horizon of the proportional rule, in steps (10000 in TRL)
     :param kl_estimator: how the KL penalty is estimated in the loss: ``"exact"`` (analytic, from the old
         distribution's parameters stored at collection time) or Schulman's sampled ``"k1"``, ``"k2"``,
         ``"k3"``. ``train/kl`` and the adaptive rule always use the exact KL.
+    :param kl_reference: the anchor of the KL penalty. None: the paper's KL(pi_old || pi) to the policy that
+        collected the rollout. A policy (frozen: a copy is kept, never trained) or the path of a saved one (a
+        directory the policy class's ``from_pretrained`` reads, such as a ``TransformerPolicy``'s
+        ``save_pretrained``, or a file of SB3's ``policy.save``): KL(pi || pi_ref) to that reference, as in RLHF,
+        exact over the actions. The reference runs once per collected step, without gradients, and its
+        distribution is stored in the rollout buffer; it never runs in the update. It must take the policy's
+        observations and have its action space (for a language model: its vocabulary). Needs a ``kl_penalty``
+        and the exact estimator; logged as ``train/kl_ref``. Not on RecurrentPPO hosts.
+    :param kl_reference_in: where the KL to the reference enters: ``"loss"`` (beta * KL(pi || pi_ref) per step,
+        GRPO style) or ``"reward"`` (beta * KL(pi_old || pi_ref) of each collected step subtracted from its reward
+        before GAE, TRL's PPO style; the controllers then see the KL at collection)
     """
 
     #: what differs per host algorithm (see :mod:`sb3_ppo_variants.hosts`)
@@ -152,6 +171,9 @@ class VariantAlgorithm(_Host):
         kl_target: float | None = None,
         kl_estimator: str = "exact",
         dual_clip: float = 3.0,
+        kl_reference: BasePolicy | str | os.PathLike[str] | None = None,
+        kl_reference_in: str = "loss",
+        kl_horizon: float = 10_000,
         **kwargs: Any,
     ):
         # The host's arguments, positional or not, by name and with the host's defaults (an unknown one is a TypeError).
@@ -172,9 +194,29 @@ class VariantAlgorithm(_Host):
                 raise TypeError(f"kl_target must be a float > 0 or None, got {type(kl_target).__name__}: {kl_target!r}")
             if not kl_target > 0:
                 raise ValueError(f"kl_target must be > 0, got {kl_target!r}")
-        if self.kl_penalty == "adaptive" and kl_target is None:
-            raise ValueError("kl_target must be given (a float > 0) when kl_penalty='adaptive'")
+        if self.kl_penalty in ("adaptive", "proportional") and kl_target is None:
+            raise ValueError(f"kl_target must be given (a float > 0) when kl_penalty={self.kl_penalty!r}")
         self.kl_target = kl_target
+        if isinstance(kl_horizon, bool) or not isinstance(kl_horizon, (int, float)) or not kl_horizon > 0:
+            raise ValueError(f"kl_horizon must be a number of steps > 0, got {kl_horizon!r}")
+        self.kl_horizon = kl_horizon
+        self.kl_reference_in = _choice("kl_reference_in", kl_reference_in, KL_REFERENCE_PLACES)
+        if kl_reference is not None:
+            if not isinstance(kl_reference, (BasePolicy, str, os.PathLike)):
+                raise TypeError(
+                    f"kl_reference must be None, a policy or the path of a saved one, got {type(kl_reference).__name__}"
+                )
+            if self.kl_penalty == "none":
+                raise ValueError(
+                    f"kl_reference={kl_reference!r} needs a KL penalty: kl_penalty must be one of {KL_PENALTIES[1:]}, "
+                    "got 'none' (use a variant with a KL penalty, e.g. ClipKLPPO)"
+                )
+            if self.kl_estimator != "exact":
+                raise ValueError(f"kl_estimator must be 'exact' with a kl_reference, got {self.kl_estimator!r}")
+            if isinstance(self.host, RecurrentPPOHost):
+                raise ValueError(f"kl_reference is not supported on RecurrentPPO hosts ({type(self).__name__})")
+        self.kl_reference = kl_reference
+        self.reference_policy: BasePolicy | None = None
         target_kl = arguments.get("target_kl")
         if target_kl is not None and not target_kl > 0:
             raise ValueError(f"target_kl must be > 0 or None, got {target_kl!r}")
@@ -192,7 +234,11 @@ class VariantAlgorithm(_Host):
             return FixedKLController(self.kl_coef)  # type: ignore[arg-type]
         initial = schedule_value(self.kl_coef, 1.0)  # type: ignore[arg-type]
         if not initial > 0:
-            raise ValueError(f"kl_coef (the initial beta) must be > 0 with kl_penalty='adaptive', got {self.kl_coef!r}")
+            raise ValueError(
+                f"kl_coef (the initial beta) must be > 0 with kl_penalty={self.kl_penalty!r}, got {self.kl_coef!r}"
+            )
+        if self.kl_penalty == "proportional":
+            return ProportionalKLController(initial, self.kl_target, self.kl_horizon)  # type: ignore[arg-type]
         return AdaptiveKLController(initial, self.kl_target)  # type: ignore[arg-type]
 
     def _setup_model(self) -> None:
@@ -203,11 +249,68 @@ class VariantAlgorithm(_Host):
         self.__dict__.update(_parsed_load_coefficients({name: getattr(self, name) for name in _COEFFICIENTS}))
         if isinstance(self.kl_controller, FixedKLController):
             self.kl_controller.kl_coef = self.kl_coef  # type: ignore[assignment]
-        elif isinstance(self.kl_controller, AdaptiveKLController) and self.kl_target is not None:
+        elif isinstance(self.kl_controller, (AdaptiveKLController, ProportionalKLController)) and self.kl_target is not None:
             self.kl_controller.kl_target = float(self.kl_target)
+        if isinstance(self.kl_controller, ProportionalKLController):
+            self.kl_controller.horizon = float(self.kl_horizon)
         self.host.prepare_buffer(self)
         super()._setup_model()
         self.host.finish_buffer(self)
+        self.reference_policy = self._make_reference_policy()
+
+    def _make_reference_policy(self) -> BasePolicy | None:
+        """The frozen reference policy of ``kl_reference`` (built again by ``load()``, from the saved setting)."""
+        reference = self.kl_reference
+        if reference is None:
+            return None
+        if isinstance(reference, BasePolicy):
+            policy = copy.deepcopy(reference)
+        else:
+            path = os.fspath(reference)
+            from_pretrained = getattr(self.policy_class, "from_pretrained", None)
+            try:
+                if os.path.isdir(path) and from_pretrained is not None:
+                    policy = from_pretrained(path, self.observation_space, self.action_space)
+                elif os.path.isfile(path):
+                    policy = self.policy_class.load(path, device=self.device)  # type: ignore[attr-defined]
+                else:
+                    raise ValueError(
+                        "it is neither a directory that the policy class's from_pretrained reads nor a file of policy.save"
+                    )
+            except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+                raise ValueError(f"kl_reference={path!r}: cannot load a reference policy: {error}") from error
+        policy = policy.to(self.device)
+        policy.set_training_mode(False)
+        policy.requires_grad_(False)
+        self._check_reference(policy)
+        return policy
+
+    def _check_reference(self, reference: BasePolicy) -> None:
+        """A reference must read the policy's observations and give a distribution over the policy's actions."""
+        name = f"kl_reference={self.kl_reference!r}" if not isinstance(self.kl_reference, BasePolicy) else "kl_reference"
+        if reference.action_space != self.action_space:
+            raise ValueError(
+                f"{name}: its action space {reference.action_space} does not match the policy's {self.action_space} "
+                "(for a language model: the reference must have the policy's vocabulary)"
+            )
+        if reference.observation_space.shape != self.observation_space.shape:
+            raise ValueError(
+                f"{name}: its observation space {reference.observation_space} does not match the policy's "
+                f"{self.observation_space}"
+            )
+        observation, _ = self.policy.obs_to_tensor(self.observation_space.sample())
+        try:
+            with th.no_grad():
+                width = distribution_params(reference.get_distribution(observation)).shape[-1]  # type: ignore[attr-defined, operator]
+                expected = distribution_params(self.policy.get_distribution(observation)).shape[-1]  # type: ignore[attr-defined]
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            raise ValueError(f"{name}: the reference cannot evaluate the policy's observations: {error}") from error
+        if width != expected:
+            raise ValueError(f"{name}: its distribution has {width} parameters, the policy's {expected}")
+
+    def _excluded_save_params(self) -> list[str]:
+        # The frozen reference is built again from kl_reference (a saved path, or the pickled policy) by load().
+        return [*super()._excluded_save_params(), "reference_policy"]
 
     def collect_rollouts(  # type: ignore[override]
         self,
@@ -226,10 +329,18 @@ class VariantAlgorithm(_Host):
         assert isinstance(rollout_buffer, OldDistributionBufferMixin)
 
         policy = self.policy
+        reference = self.reference_policy
+        if reference is not None and self.kl_reference_in == "reward" and self.kl_controller is not None:
+            rollout_buffer.reward_kl_coef = self.kl_controller.begin_update(self._current_progress_remaining)
 
         def store(module: th.nn.Module, inputs: Any, outputs: Any) -> None:
             if module is policy:  # a deepcopy of the policy (taken by a callback) carries the hook too
                 rollout_buffer.store_old_distribution(distribution_params(module.action_dist))  # type: ignore[arg-type]
+                if reference is not None:  # once per collected step, without gradients
+                    with th.no_grad():
+                        reference_params = distribution_params(reference.get_distribution(inputs[0]))  # type: ignore[attr-defined, operator]
+                    rollout_buffer.store_distribution("ref_dist_params", reference_params)
+                    rollout_buffer.store_reference_kl(reference_kl(module.action_dist, reference_params))  # type: ignore[arg-type]
 
         handle = policy.register_forward_hook(store)
         try:
@@ -244,8 +355,9 @@ class VariantAlgorithm(_Host):
         return actions
 
     @th.no_grad()
-    def _rollout_kl(self) -> float:
-        """Mean exact KL(pi_old || pi) over the whole rollout, with the policy as it is now.
+    def _rollout_kl(self) -> tuple[float, float]:
+        """Mean exact KL(pi_old || pi) over the whole rollout, with the policy as it is now, and the mean
+        KL(pi || pi_ref) to the reference policy (0 without one).
 
         Reads the buffer in order (``host.ordered_samples``) in evaluation mode (as at collection time): no random
         numbers are drawn and no BatchNorm statistics move, so the random streams, the network's state and
@@ -255,13 +367,15 @@ class VariantAlgorithm(_Host):
         buffer = self.rollout_buffer
         size = buffer.buffer_size * buffer.n_envs
         chunk = max(self.batch_size or size, 1024)
-        total = 0.0
+        total = total_reference = 0.0
         for start in range(0, size, chunk):
             data = self.host.ordered_samples(buffer, np.arange(start, min(start + chunk, size)))
             self.host.evaluate(self.policy, data, self._actions(data.actions))
-            kl = exact_kl(data.old_dist_params, self.policy.action_dist)  # type: ignore[attr-defined]
-            total += _valid_steps(kl, self.host.valid(data)).sum().item()
-        return total / size
+            dist = self.policy.action_dist  # type: ignore[attr-defined]
+            total += _valid_steps(exact_kl(data.old_dist_params, dist), self.host.valid(data)).sum().item()
+            if self.reference_policy is not None:
+                total_reference += _valid_steps(reference_kl(dist, data.ref_dist_params), self.host.valid(data)).sum().item()
+        return total / size, total_reference / size
 
     def _update_current_progress_remaining(self, num_timesteps: int, total_timesteps: int) -> None:
         # SB3 collects whole rollouts, so num_timesteps can pass total_timesteps (a rollout larger than the
@@ -279,9 +393,15 @@ class VariantAlgorithm(_Host):
         clip_range = self.clip_range(progress)  # type: ignore[operator]
         clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(progress)  # type: ignore[operator]
         ent_coef = schedule_value(self.ent_coef, progress)
-        kl_coef = 0.0 if self.kl_controller is None else self.kl_controller.begin_update(progress)
+        anchored = self.reference_policy is not None
+        in_reward = anchored and self.kl_reference_in == "reward"
+        buffer: Any = self.rollout_buffer
+        if self.kl_controller is None:
+            kl_coef = 0.0
+        else:  # in the reward, beta was chosen at collection
+            kl_coef = buffer.reward_kl_coef if in_reward else self.kl_controller.begin_update(progress)
         clipped = self.surrogate != "unclipped"
-        penalised = self.kl_controller is not None
+        penalised = self.kl_controller is not None and not in_reward
 
         entropy_losses, pg_losses, value_losses, clip_fractions, kl_penalties = [], [], [], [], []
         approx_kl_divs: list[np.ndarray] = []
@@ -328,7 +448,9 @@ class VariantAlgorithm(_Host):
                     "entropy_loss": entropy_losses[-1],
                 }
                 if penalised:
-                    if self.kl_estimator == "exact":
+                    if anchored:
+                        kl = _valid_steps(reference_kl(self.policy.action_dist, rollout_data.ref_dist_params), valid).mean()  # type: ignore[attr-defined]
+                    elif self.kl_estimator == "exact":
                         kl = _valid_steps(exact_kl(rollout_data.old_dist_params, self.policy.action_dist), valid).mean()  # type: ignore[attr-defined]
                     else:
                         kl = sampled_kl(log_prob - old_log_prob, self.kl_estimator).mean()
@@ -360,9 +482,11 @@ class VariantAlgorithm(_Host):
             if not continue_training:
                 break
 
-        rollout_kl = self._rollout_kl()
+        rollout_kl, rollout_reference_kl = self._rollout_kl()
         if self.kl_controller is not None:
-            self.kl_controller.end_update(rollout_kl)
+            # the KL the penalty measures: to pi_old, to the reference after the update, or to it at collection
+            anchor_kl = float(buffer.reference_kl.mean()) if in_reward else rollout_reference_kl if anchored else rollout_kl
+            self.kl_controller.end_update(anchor_kl, n_steps=buffer.buffer_size * buffer.n_envs)
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
 
         # Logs: SB3's PPO keys unchanged, then ours
@@ -381,6 +505,8 @@ class VariantAlgorithm(_Host):
         if clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", clip_range_vf)
         self.logger.record("train/kl", rollout_kl)
+        if anchored:
+            self.logger.record("train/kl_ref", rollout_reference_kl)
         self.logger.record("train/kl_coef", kl_coef)
         self.logger.record("train/ent_coef", ent_coef)
         if kl_penalties:

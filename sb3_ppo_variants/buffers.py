@@ -51,7 +51,8 @@ __all__ = [
 #: The distributions a buffer keeps per step besides the host's fields, by field name (an attribute of the buffer,
 #: (buffer_size, n_envs, d), and a field of its samples, (batch, d)). Each holds :func:`~sb3_ppo_variants.kl.
 #: distribution_params` of one policy; adding a stored distribution (say, a reference policy's) is one entry here.
-STORED_DISTRIBUTIONS: tuple[str, ...] = ("old_dist_params",)
+#: ``ref_dist_params`` is the frozen reference policy's (``kl_reference``); it stays zero without a reference.
+STORED_DISTRIBUTIONS: tuple[str, ...] = ("old_dist_params", "ref_dist_params")
 
 _RECURRENT = (RecurrentRolloutBuffer, RecurrentDictRolloutBuffer)
 _MASKABLE = (MaskableRolloutBuffer, MaskableDictRolloutBuffer)
@@ -93,8 +94,14 @@ class OldDistributionBufferMixin:
     """Adds the :data:`STORED_DISTRIBUTIONS` fields, (buffer_size, n_envs, d) each, to a host rollout buffer."""
 
     old_dist_params: np.ndarray
+    ref_dist_params: np.ndarray
+    #: (buffer_size, n_envs) KL(pi_old || pi_ref) of each step at collection, where there is a reference policy
+    reference_kl: np.ndarray
+    #: beta of a KL to the reference subtracted from each step's reward before GAE (``kl_reference_in="reward"``)
+    reward_kl_coef: float = 0.0
     #: (d,) the parameters a padded step gets (see :func:`neutral_distribution_params`)
     neutral_dist_params: np.ndarray
+    rewards: np.ndarray
     buffer_size: int
     n_envs: int
     pos: int
@@ -107,6 +114,7 @@ class OldDistributionBufferMixin:
             self.neutral_dist_params = neutral_distribution_params(dist)
         for name in STORED_DISTRIBUTIONS:
             setattr(self, name, np.zeros((self.buffer_size, self.n_envs, len(self.neutral_dist_params)), dtype=np.float32))
+        self.reference_kl = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
         super().reset()  # type: ignore[misc]
 
     def store_distribution(self, name: str, params: th.Tensor) -> None:
@@ -120,6 +128,16 @@ class OldDistributionBufferMixin:
     def store_old_distribution(self, params: th.Tensor) -> None:
         """Record the collecting policy's distribution of the step about to be added (call before ``add``)."""
         self.store_distribution("old_dist_params", params)
+
+    def store_reference_kl(self, kl: th.Tensor) -> None:
+        """Record KL(pi_old || pi_ref) of the step about to be added, (n_envs,) (call before ``add``)."""
+        self.reference_kl[self.pos] = kl.reshape(self.n_envs).cpu().numpy()
+
+    def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
+        # TRL's PPO: the KL penalty to the reference is part of each step's reward, so GAE spreads it.
+        if self.reward_kl_coef:
+            self.rewards = self.rewards - self.reward_kl_coef * self.reference_kl
+        super().compute_returns_and_advantage(last_values, dones)  # type: ignore[misc]
 
     def get(self, batch_size: int | None = None) -> Generator[Any, None, None]:
         if not self.generator_ready:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from sb3_ppo_variants.schedules import schedule_value
 
-__all__ = ["AdaptiveKLController", "FixedKLController", "KLController"]
+__all__ = ["AdaptiveKLController", "FixedKLController", "KLController", "ProportionalKLController"]
 
 
 class KLController:
@@ -22,8 +22,9 @@ class KLController:
         """beta to use for the update about to start."""
         raise NotImplementedError
 
-    def end_update(self, kl: float) -> None:
-        """Called once per policy update with d = the mean KL(pi_old || pi) over the rollout."""
+    def end_update(self, kl: float, n_steps: int = 1) -> None:
+        """Called once per policy update with d = the mean KL per step over the rollout (to pi_old, or to the
+        reference policy where there is one) and the number of steps collected for the update."""
 
 
 class FixedKLController(KLController):
@@ -65,7 +66,7 @@ class AdaptiveKLController(KLController):
     def begin_update(self, progress_remaining: float) -> float:
         return self.value
 
-    def end_update(self, kl: float) -> None:
+    def end_update(self, kl: float, n_steps: int = 1) -> None:
         if kl < self.kl_target / self.tolerance:
             self.value /= self.factor
         elif kl > self.kl_target * self.tolerance:
@@ -73,3 +74,33 @@ class AdaptiveKLController(KLController):
 
     def __repr__(self) -> str:
         return f"AdaptiveKLController(value={self.value}, kl_target={self.kl_target})"
+
+
+class ProportionalKLController(KLController):
+    """The proportional KL controller of Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences",
+    https://arxiv.org/abs/1909.08593, section 2.2), as Hugging Face TRL's ``AdaptiveKLController`` implements it.
+
+    After each policy update, with d the mean KL per step and n the number of steps collected for the update:
+    ``beta *= 1 + clip(d / kl_target - 1, -clip, clip) * n / horizon``.
+
+    :param initial: beta before the first update, > 0
+    :param kl_target: the KL per step to aim at, > 0
+    :param horizon: steps over which a constant error of ``clip`` changes beta by about e^clip (10000 in TRL)
+    :param clip: the bound on the proportional error (0.2 in the paper and TRL)
+    """
+
+    def __init__(self, initial: float, kl_target: float, horizon: float = 10_000, clip: float = 0.2):
+        self.value = float(initial)
+        self.kl_target = float(kl_target)
+        self.horizon = float(horizon)
+        self.clip = float(clip)
+
+    def begin_update(self, progress_remaining: float) -> float:
+        return self.value
+
+    def end_update(self, kl: float, n_steps: int = 1) -> None:
+        error = min(max(kl / self.kl_target - 1.0, -self.clip), self.clip)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+    def __repr__(self) -> str:
+        return f"ProportionalKLController(value={self.value}, kl_target={self.kl_target}, horizon={self.horizon})"

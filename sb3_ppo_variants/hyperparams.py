@@ -18,6 +18,7 @@ A file may hold, per environment, either the entry itself or per-variant entries
 from __future__ import annotations
 
 import copy
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "make_env",
     "make_model",
     "parse_policy_kwargs",
+    "resolve_policy",
     "split_hyperparams",
 ]
 
@@ -112,6 +114,19 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], dict
     return model_kwargs, settings
 
 
+def resolve_policy(policy: str | type) -> str | type:
+    """A policy as an entry may name it: an SB3 alias (``"MlpPolicy"``), kept as is, or an import path -> the class:
+    ``"package.module:ClassName"`` (e.g. ``"sb3_ppo_variants.arithmetic.policy:TransformerPolicy"``) or rl-zoo3's
+    dotted form ``"package.module.ClassName"``, so that one YAML entry serves both tools."""
+    if not isinstance(policy, str) or (":" not in policy and "." not in policy):
+        return policy
+    module_name, _, name = policy.partition(":") if ":" in policy else policy.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"policy {policy!r}: cannot import {name!r} from {module_name!r}: {error}") from None
+
+
 def make_env(
     env_id: str, settings: dict[str, Any] | None = None, seed: int | None = None, n_envs: int | None = None
 ) -> VecEnv:
@@ -146,7 +161,8 @@ def make_model(
     """Build a model of ``variant`` on ``env_id`` from an rl-zoo3 entry (see :func:`load_hyperparams`).
 
     :param variant: a name of :mod:`sb3_ppo_variants.studies.registry` (``VARIANTS`` keys, baselines) or a class
-    :param hyperparams: the entry (constructor arguments mixed with ``n_envs``, ``policy``, ``normalize``, ...)
+    :param hyperparams: the entry (constructor arguments mixed with ``n_envs``, ``policy``, ``normalize``, ...);
+        ``policy`` is an SB3 alias or an import path ``"module:Class"`` (see :func:`resolve_policy`)
     :param seed: seeds the model and the training environments
     :param overrides: constructor arguments that take precedence over the entry
     :return: the model; ``model.n_timesteps`` holds the entry's ``n_timesteps`` (or None)
@@ -164,7 +180,7 @@ def make_model(
                 model_kwargs[key] = schedule.value if isinstance(schedule, ConstantSchedule) else schedule
     env = make_env(env_id, settings, seed=seed)
     # The host's first policy alias by default: "MlpPolicy" for PPO and MaskablePPO, "MlpLstmPolicy" for RecurrentPPO.
-    policy = settings.get("policy", next(iter(algorithm.policy_aliases), "MlpPolicy"))
+    policy = resolve_policy(settings.get("policy", next(iter(algorithm.policy_aliases), "MlpPolicy")))
     model = algorithm(policy, env, seed=seed, **model_kwargs)
     model.n_timesteps = settings.get("n_timesteps")  # type: ignore[attr-defined]
     return model

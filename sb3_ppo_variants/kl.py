@@ -30,6 +30,7 @@ __all__ = [
     "distribution_params",
     "exact_kl",
     "masked_categorical_kl",
+    "reference_kl",
     "sampled_kl",
 ]
 
@@ -163,6 +164,35 @@ def exact_kl(old_params: th.Tensor, dist: Distribution) -> th.Tensor:
         normal = _gaussian(dist)
         half = old_params.shape[1] // 2
         return diag_gaussian_kl(old_params[:, :half], old_params[:, half:], normal.loc, normal.scale)
+    raise TypeError(f"No exact KL for action distribution {type(dist).__name__}")
+
+
+def reference_kl(dist: Distribution, reference_params: th.Tensor) -> th.Tensor:
+    """Analytic KL(pi || pi_ref) per state, to a reference policy (the RLHF anchor): the reverse direction of
+    :func:`exact_kl`, with the current distribution first.
+
+    :param dist: SB3 distribution of the current policy (a masked one: its masked actions have probability 0 and add 0)
+    :param reference_params: (batch, d) :func:`distribution_params` of the reference on the same states
+    :return: (batch,)
+    """
+    params = distribution_params(dist)
+    if isinstance(dist, CategoricalDistribution):
+        return categorical_kl(params, reference_params)
+    if isinstance(dist, MaskableCategoricalDistribution):
+        return masked_categorical_kl(params, reference_params, dist.distribution.masks)
+    if isinstance(dist, (MultiCategoricalDistribution, MaskableMultiCategoricalDistribution)):
+        dims = list(dist.action_dims)
+        masks = [d.masks for d in dist.distributions] if isinstance(dist, MaskableMultiCategoricalDistribution) else None
+        kls = [
+            masked_categorical_kl(p, q, None if masks is None else masks[i])
+            for i, (p, q) in enumerate(zip(th.split(params, dims, dim=1), th.split(reference_params, dims, dim=1)))
+        ]
+        return th.stack(kls, dim=1).sum(dim=1)
+    if isinstance(dist, BernoulliDistribution):
+        return bernoulli_kl(params, reference_params)
+    if isinstance(dist, (DiagGaussianDistribution, StateDependentNoiseDistribution)):
+        half = params.shape[1] // 2
+        return diag_gaussian_kl(params[:, :half], params[:, half:], reference_params[:, :half], reference_params[:, half:])
     raise TypeError(f"No exact KL for action distribution {type(dist).__name__}")
 
 

@@ -80,6 +80,7 @@ class AdaptiveKLVariant(_Settings):
     :param kl_coef: initial beta > 0 (default 1.0)
     :param kl_target: d_targ > 0 (default 0.01)
     :param kl_estimator: "exact" (default), "k1", "k2" or "k3"
+    :param kl_penalty: the adaptive rule: "adaptive" (the paper's, default) or "proportional" (Ziegler et al. 2019)
     """
 
     variant: ClassVar[str] = "adaptive_kl"
@@ -91,13 +92,16 @@ class AdaptiveKLVariant(_Settings):
         kl_coef: ScheduleLike = 1.0,
         kl_target: float = 0.01,
         kl_estimator: str = "exact",
+        kl_penalty: str = "adaptive",
         **kwargs: Any,
     ):
+        if kl_penalty not in ("adaptive", "proportional"):
+            raise ValueError(f"kl_penalty must be 'adaptive' or 'proportional' for {type(self).__name__}, got {kl_penalty!r}")
         super().__init__(
             policy,
             env,
             surrogate="unclipped",
-            kl_penalty="adaptive",
+            kl_penalty=kl_penalty,
             kl_coef=kl_coef,
             kl_target=kl_target,
             kl_estimator=kl_estimator,
@@ -112,6 +116,8 @@ class ClipKLVariant(_Settings):
     :param kl_coef: beta >= 0 (fixed), or the initial beta > 0 (adaptive); default 0.2
     :param kl_target: None for a fixed beta, else d_targ > 0 of the adaptive rule
     :param kl_estimator: "exact" (default), "k1", "k2" or "k3"
+    :param kl_penalty: None (default): "fixed" without ``kl_target``, "adaptive" with it; or any of
+        ``KL_PENALTIES`` but "none" (e.g. "proportional", with a ``kl_target``)
     """
 
     variant: ClassVar[str] = "clip_kl"
@@ -123,13 +129,16 @@ class ClipKLVariant(_Settings):
         kl_coef: ScheduleLike = 0.2,
         kl_target: float | None = None,
         kl_estimator: str = "exact",
+        kl_penalty: str | None = None,
         **kwargs: Any,
     ):
+        if kl_penalty == "none":
+            raise ValueError(f"kl_penalty must not be 'none' for {type(self).__name__} (use ClipPPO)")
         super().__init__(
             policy,
             env,
             surrogate="clipped",
-            kl_penalty="fixed" if kl_target is None else "adaptive",
+            kl_penalty=kl_penalty or ("fixed" if kl_target is None else "adaptive"),
             kl_coef=kl_coef,
             kl_target=kl_target,
             kl_estimator=kl_estimator,

@@ -1,0 +1,3 @@
+from sb3_ppo_variants.arithmetic.report import main
+
+main()
