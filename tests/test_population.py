@@ -362,6 +362,16 @@ def test_save_and_load_resume_where_the_population_stopped(tmp_path: Path) -> No
     assert resumed.num_timesteps == 1024
 
 
+def test_a_population_on_box2d_envs_saves_loads_and_trains_on(tmp_path: Path) -> None:
+    pop = Population("LunarLander-v3", [dict(seed=0)], hyperparams=dict(n_steps=64, batch_size=32, n_epochs=1), device="cpu")
+    pop.learn(64).evaluate(1)
+    pop.save(tmp_path / "population.pt")
+    loaded = Population.load(tmp_path / "population.pt", device="cpu")
+    assert th.equal(loaded.policy.flat, pop.policy.flat)
+    loaded.learn(64, reset_num_timesteps=False)  # Box2D envs pickle fresh: new episodes on new envs
+    assert loaded.num_timesteps == 128 and np.isfinite(loaded.evaluate(1)).all()
+
+
 def test_evaluation_callback_records_scores_and_can_stop_training() -> None:
     seen: list[int] = []
 

@@ -619,13 +619,16 @@ class Population:
         """Save the whole population (parameters, Adam states, KL controllers, normalisation statistics, random
         streams, counters and the environments' state), so that :meth:`load` resumes where it stopped.
 
-        Environments that cannot be pickled (Box2D's) are not saved: a loaded population then starts new
-        episodes on fresh environments, as a loaded SB3 model does."""
+        Environments whose state does not pickle (Box2D's) are not saved: a loaded population then starts new
+        episodes on fresh environments (seeded as at the start), as a loaded SB3 model does on a new env."""
         envs: dict[str, Any] = {"envs": self.envs, "_eval_envs": self._eval_envs}
+        resumable = self.envs.resumable and (self._eval_envs is None or self._eval_envs.resumable)
         try:
             pickle.dumps(envs)
-        except Exception:  # e.g. Box2D worlds do not pickle
-            envs = {"_last_obs": None}
+        except Exception:  # an environment that does not pickle
+            resumable = False
+        if not resumable:
+            envs = {"_last_obs": None}  # fresh environments, reset (and seeded as at the start) by the next learn()
         state = {
             "env_id": self.env_id,
             "members": self.member_specs,

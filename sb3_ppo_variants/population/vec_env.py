@@ -19,6 +19,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.utils import EzPickle
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 
 __all__ = ["CartPoleEnvs", "MemberEnvs", "MemberNormalizer", "make_member_envs"]
@@ -44,6 +45,12 @@ class MemberEnvs:
 
     def _flat(self, obs: Any) -> np.ndarray:
         return np.asarray(obs, dtype=np.float32).reshape(-1)
+
+    @property
+    def resumable(self) -> bool:
+        """Whether pickling keeps the environments' state: not for ``EzPickle`` environments (Box2D's), which
+        pickle as their constructor arguments and come back fresh, before any reset."""
+        return not any(isinstance(env.unwrapped, EzPickle) for env in self.envs)
 
     def reset(self) -> np.ndarray:
         seeds: list[int | None] = list(self.seeds) if not self._seeded else [None] * self.num_envs
@@ -99,6 +106,9 @@ class CartPoleEnvs:
         self.rngs: list[np.random.Generator] = []
         self.state = np.zeros((self.num_envs, 4))
         self.steps = np.zeros(self.num_envs, dtype=np.int64)
+
+    #: pickling keeps the state (numpy arrays and generators)
+    resumable = True
 
     def _reset_one(self, i: int) -> None:
         self.state[i] = self.rngs[i].uniform(low=-0.05, high=0.05, size=(4,))
