@@ -202,7 +202,8 @@ def make_model(
                 schedule = as_schedule(model_kwargs[key], key)
                 model_kwargs[key] = schedule.value if isinstance(schedule, ConstantSchedule) else schedule
     env = make_env(env_id, settings, seed=seed)
-    policy = resolve_policy(settings.get("policy", "MlpPolicy"))
+    # The host's first policy alias by default: "MlpPolicy" for PPO and MaskablePPO, "MlpLstmPolicy" for RecurrentPPO.
+    policy = resolve_policy(settings.get("policy", next(iter(algorithm.policy_aliases), "MlpPolicy")))
     model = algorithm(policy, env, seed=seed, **model_kwargs)
     model.n_timesteps = settings.get("n_timesteps")  # type: ignore[attr-defined]
     return model

@@ -26,6 +26,7 @@ from torch.distributions import Categorical, kl_divergence
 from sb3_ppo_variants import VARIANTS
 from sb3_ppo_variants.algorithm import MaskableVariantPPO, RecurrentVariantPPO, VariantPPO
 from sb3_ppo_variants.buffers import neutral_distribution_params
+from sb3_ppo_variants.hyperparams import make_model
 from sb3_ppo_variants.kl import distribution_params, exact_kl, masked_categorical_kl
 
 LN = math.log
@@ -286,6 +287,14 @@ def test_positional_host_arguments_and_schedules() -> None:
     model = MaskableVariantPPO("MlpPolicy", env, "lin_1e-3", 32, ent_coef="lin_0.01")
     assert model.learning_rate(1.0) == pytest.approx(1e-3) and model.n_steps == 32
     assert model.ent_coef(0.5) == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize("name", ["recurrent_kl", "recurrent_ppo"])
+def test_make_model_defaults_to_the_hosts_policy(name: str) -> None:
+    """rl-zoo3 entries name no policy for classic-control envs: a recurrent host gets its MlpLstmPolicy."""
+    model = make_model(name, "CartPole-v1", {"n_steps": 16, "batch_size": 16}, seed=0)
+    assert type(model.policy).__name__ == "RecurrentActorCriticPolicy"
+    model.learn(16)
 
 
 HOSTS = {"maskable": (MaskableVariantPPO, MaskablePPO), "recurrent": (RecurrentVariantPPO, RecurrentPPO)}
