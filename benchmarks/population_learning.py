@@ -59,6 +59,7 @@ def solo_score(env_id: str, entry: dict[str, Any], seed: int, steps: int, n_eval
 
 def probability_of_improvement(population: np.ndarray, solo: np.ndarray) -> tuple[float, float, float]:
     from sb3_ppo_variants.studies.statistics import probability_of_improvement as poi  # rliable's, as the ablation's
+
     row = poi({"population": population[:, None], "solo": solo[:, None]}, baseline="solo").iloc[0]
     return float(row.probability), float(row.low), float(row.high)
 
