@@ -307,6 +307,12 @@ def test_which_batches_could_be_a_population_and_why_the_others_run_solo() -> No
     assert "features_extractor_class" in population_blocker([Cell("clip", "CartPole-v1", 0, extractor)])
 
 
+def test_a_batch_on_image_observations_runs_solo_with_the_populations_own_reason() -> None:
+    pytest.importorskip("Box2D")
+    reason = population_blocker([Cell("clip", "CarRacing-v3", 0, TINY)])
+    assert reason is not None and "observation space" in reason and "not supported in a population" in reason
+
+
 @pytest.mark.parametrize("companion", ["clip", "sb3_ppo"])  # a population; solo runs (a baseline is never a member)
 def test_a_batch_trains_each_cell_as_it_would_train_alone(companion: str) -> None:
     protocol = RunProtocol(128, (0, 64, 128), n_eval_episodes=2)

@@ -152,6 +152,17 @@ def _resolve_members(members: list[dict[str, Any]], hyperparams: dict[str, Any] 
     return resolved
 
 
+def check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
+    """Raise a ``ValueError`` for spaces a population cannot train: flat Box observations and Discrete, Box,
+    MultiDiscrete or MultiBinary actions are supported."""
+    if not isinstance(observation_space, spaces.Box) or is_image_space(observation_space):
+        raise ValueError(
+            f"observation space {observation_space} is not supported in a population (flat Box observations "
+            f"with MlpPolicy are); {_SOLO_ONLY}"
+        )
+    stacked_distribution(action_space)  # raises for an action space it has no distribution for
+
+
 def check_policy_kwargs(policy_kwargs: dict[str, Any]) -> None:
     extractor = policy_kwargs.get("features_extractor_class", FlattenExtractor)
     if extractor is not FlattenExtractor:
@@ -274,11 +285,7 @@ class Population:
 
         self.envs = make_member_envs(env_id, [m.seed for m in self._members], self.n_envs, first.settings["env_kwargs"])
         self.observation_space, self.action_space = self.envs.observation_space, self.envs.action_space
-        if not isinstance(self.observation_space, spaces.Box) or is_image_space(self.observation_space):
-            raise ValueError(
-                f"observation space {self.observation_space} is not supported in a population (flat Box observations "
-                f"with MlpPolicy are); {_SOLO_ONLY}"
-            )
+        check_spaces(self.observation_space, self.action_space)
         self.distribution = stacked_distribution(self.action_space)
         self.normalizer: MemberNormalizer | None = None
         normalize = first.settings["normalize"]

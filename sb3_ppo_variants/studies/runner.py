@@ -46,10 +46,9 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
-from stable_baselines3.common.preprocessing import is_image_space
 
 from sb3_ppo_variants.hyperparams import parse_policy_kwargs
-from sb3_ppo_variants.population.population import check_policy_kwargs
+from sb3_ppo_variants.population.population import check_policy_kwargs, check_spaces
 from sb3_ppo_variants.studies.liveness import mark_worker, recover_stale_trials
 from sb3_ppo_variants.studies.registry import PLAIN_VARIANTS
 from sb3_ppo_variants.studies.runs import SeededRun
@@ -176,19 +175,16 @@ def population_blocker(cells: Sequence[Cell]) -> str | None:
         return "gSDE (use_sde) runs solo"
     if shape["frame_stack"]:
         return "frame_stack runs solo"
-    try:
-        check_policy_kwargs(parse_policy_kwargs(shape["policy_kwargs"] or {}))
-    except (TypeError, ValueError) as error:
-        return str(error)
     env = gym.make(envs[0], **(shape["env_kwargs"] or {}))
     try:
         observations, actions = env.observation_space, env.action_space
     finally:
         env.close()
-    if not isinstance(observations, gym.spaces.Box) or is_image_space(observations):
-        return f"observation space {observations} runs solo (a population takes flat Box observations)"
-    if not isinstance(actions, (gym.spaces.Discrete, gym.spaces.Box, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
-        return f"action space {actions} runs solo"
+    try:  # the population's own checks, so that this list cannot drift from what it accepts
+        check_policy_kwargs(parse_policy_kwargs(shape["policy_kwargs"] or {}))
+        check_spaces(observations, actions)
+    except (TypeError, ValueError) as error:
+        return str(error)
     return None
 
 
