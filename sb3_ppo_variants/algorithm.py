@@ -183,7 +183,7 @@ class VariantAlgorithm(_Host):
         # Validate our arguments before the host builds environments, so bad input fails fast and clearly.
         self.surrogate = _choice("surrogate", surrogate, SURROGATES)
         self.kl_penalty = _choice("kl_penalty", kl_penalty, KL_PENALTIES)
-        self.kl_estimator = _choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
+        self.kl_estimator = _choice("kl_estimator", kl_estimator, tuple(KL_ESTIMATORS))
         if isinstance(dual_clip, bool) or not isinstance(dual_clip, (int, float)) or not dual_clip > 1:
             raise ValueError(f"dual_clip must be a float > 1, got {dual_clip!r}")
         self.dual_clip = float(dual_clip)

@@ -22,9 +22,11 @@ class KLController:
         """beta to use for the update about to start."""
         raise NotImplementedError
 
-    def end_update(self, kl: float, n_steps: int = 1) -> None:
+    def end_update(self, kl: float, n_steps: int) -> None:
         """Called once per policy update with d = the mean KL per step over the rollout (to pi_old, or to the
-        reference policy where there is one) and the number of steps collected for the update."""
+        reference policy where there is one) and n_steps, the number of steps collected for the update
+        (``n_steps * n_envs`` of the rollout). ``n_steps`` is required: the proportional rule's speed is proportional
+        to it, and a forgotten one made a controller thousands of times too slow."""
 
 
 class FixedKLController(KLController):
@@ -66,7 +68,7 @@ class AdaptiveKLController(KLController):
     def begin_update(self, progress_remaining: float) -> float:
         return self.value
 
-    def end_update(self, kl: float, n_steps: int = 1) -> None:
+    def end_update(self, kl: float, n_steps: int) -> None:
         if kl < self.kl_target / self.tolerance:
             self.value /= self.factor
         elif kl > self.kl_target * self.tolerance:
@@ -98,7 +100,7 @@ class ProportionalKLController(KLController):
     def begin_update(self, progress_remaining: float) -> float:
         return self.value
 
-    def end_update(self, kl: float, n_steps: int = 1) -> None:
+    def end_update(self, kl: float, n_steps: int) -> None:
         error = min(max(kl / self.kl_target - 1.0, -self.clip), self.clip)
         self.value *= 1.0 + error * n_steps / self.horizon
 

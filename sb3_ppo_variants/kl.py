@@ -8,6 +8,8 @@ http://joschu.net/blog/kl-approx.html
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch as th
 from gymnasium import spaces
@@ -22,7 +24,9 @@ from stable_baselines3.common.distributions import (
 )
 
 __all__ = [
+    "KL_DIRECTIONS",
     "KL_ESTIMATORS",
+    "SAMPLED_KL_ESTIMATORS",
     "bernoulli_kl",
     "categorical_kl",
     "diag_gaussian_kl",
@@ -31,10 +35,87 @@ __all__ = [
     "exact_kl",
     "masked_categorical_kl",
     "reference_kl",
+    "register_kl_estimator",
     "sampled_kl",
 ]
 
-KL_ESTIMATORS = ("exact", "k1", "k2", "k3")
+#: ``"forward"``: KL(pi_old || pi), the PPO paper's penalty; ``"reverse"``: KL(pi || pi_old).
+KL_DIRECTIONS = ("forward", "reverse")
+
+#: A sampled KL estimator: ``fn(log_ratio) -> Tensor`` of the same shape, with ``log_ratio = log pi(a|s) - log
+#: pi_old(a|s)`` at actions drawn from pi_old (the rollout's), any leading dimensions (a population's member axis).
+KLEstimatorFn = Callable[[th.Tensor], th.Tensor]
+
+#: The registered sampled estimators, per direction, by name (Schulman, "Approximating KL Divergence").
+#: With r = exp(log_ratio) and samples from pi_old:
+#: forward KL(pi_old || pi) = E[-log r]: k1 = -log r, k2 = (log r)^2 / 2, k3 = (r - 1) - log r;
+#: reverse KL(pi || pi_old) = E[r log r]: k1 = r log r, k2 = r (log r)^2 / 2, k3 = r log r - (r - 1).
+#: k1 and k3 are unbiased in both directions (E[r - 1] = 0 under pi_old), k3 is >= 0, k2 is biased with low variance.
+SAMPLED_KL_ESTIMATORS: dict[str, dict[str, KLEstimatorFn]] = {
+    "forward": {
+        "k1": lambda log_ratio: -log_ratio,
+        "k2": lambda log_ratio: 0.5 * log_ratio**2,
+        "k3": lambda log_ratio: th.expm1(log_ratio) - log_ratio,
+    },
+    "reverse": {
+        "k1": lambda log_ratio: th.exp(log_ratio) * log_ratio,
+        "k2": lambda log_ratio: 0.5 * th.exp(log_ratio) * log_ratio**2,
+        "k3": lambda log_ratio: th.exp(log_ratio) * log_ratio - th.expm1(log_ratio),
+    },
+}
+
+
+class _EstimatorNames:
+    """``"exact"`` and the names of the registered sampled estimators (of either direction), live: a name
+    registered later is in it. Supports ``in``, iteration and ``repr`` like the tuple it replaces."""
+
+    def _names(self) -> tuple[str, ...]:
+        return ("exact", *dict.fromkeys(n for table in SAMPLED_KL_ESTIMATORS.values() for n in table))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._names())
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+#: The names ``kl_estimator=`` takes: ``"exact"`` and every registered sampled estimator.
+KL_ESTIMATORS = _EstimatorNames()
+
+
+def register_kl_estimator(
+    name: str, fn: KLEstimatorFn, direction: str = "forward", *, overwrite: bool = False
+) -> KLEstimatorFn:
+    """Register a sampled KL estimator, so that ``kl_estimator=name`` selects it (with ``kl_direction=direction``)
+    in every algorithm class and as a population member setting.
+
+    :param name: the name ``kl_estimator=`` will take (not ``"exact"``)
+    :param fn: ``fn(log_ratio) -> Tensor``, the per-sample estimate (see :data:`KLEstimatorFn`)
+    :param direction: ``"forward"`` (an estimate of KL(pi_old || pi)) or ``"reverse"`` (of KL(pi || pi_old))
+    :param overwrite: replace an estimator already registered under ``name`` for that direction
+    """
+    if not isinstance(name, str) or not name or name == "exact":
+        raise ValueError(f"register_kl_estimator: name must be a non-empty string other than 'exact', got {name!r}")
+    if direction not in KL_DIRECTIONS:
+        raise ValueError(f"register_kl_estimator: direction must be one of {KL_DIRECTIONS}, got {direction!r}")
+    if not callable(fn):
+        raise TypeError(f"register_kl_estimator: fn must be callable log_ratio -> Tensor, got {fn!r}")
+    table = SAMPLED_KL_ESTIMATORS[direction]
+    if name in table and not overwrite and table[name] is not fn:
+        raise ValueError(
+            f"register_kl_estimator: {name!r} is already registered for direction {direction!r}; pass overwrite=True"
+        )
+    table[name] = fn
+    return fn
 
 
 def categorical_kl(old_logits: th.Tensor, new_logits: th.Tensor) -> th.Tensor:
@@ -196,21 +277,25 @@ def reference_kl(dist: Distribution, reference_params: th.Tensor) -> th.Tensor:
     raise TypeError(f"No exact KL for action distribution {type(dist).__name__}")
 
 
-def sampled_kl(log_ratio: th.Tensor, estimator: str) -> th.Tensor:
-    """Per-sample estimators of KL(pi_old || pi) from actions drawn from pi_old.
+def sampled_kl(log_ratio: th.Tensor, estimator: str, direction: str = "forward") -> th.Tensor:
+    """Per-sample estimates of KL(pi_old || pi) (``direction="forward"``) or KL(pi || pi_old) (``"reverse"``) from
+    actions drawn from pi_old, by a registered estimator (see :data:`SAMPLED_KL_ESTIMATORS`).
 
-    With ``log_ratio = log pi(a|s) - log pi_old(a|s)`` (so r = exp(log_ratio)):
+    With ``log_ratio = log pi(a|s) - log pi_old(a|s)`` (so r = exp(log_ratio)), forward:
     k1 = -log r (unbiased, high variance, can be negative); k2 = (log r)^2 / 2 (biased, low variance);
     k3 = (r - 1) - log r (unbiased, low variance, always >= 0).
 
-    :param log_ratio: (batch,)
-    :param estimator: "k1", "k2" or "k3"
-    :return: (batch,)
+    :param log_ratio: (batch,), or with leading dimensions
+    :param estimator: a registered name ("k1", "k2", "k3", or one added by :func:`register_kl_estimator`)
+    :param direction: "forward" or "reverse"
+    :return: the shape of ``log_ratio``
     """
-    if estimator == "k1":
-        return -log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio**2
-    if estimator == "k3":
-        return th.expm1(log_ratio) - log_ratio
-    raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS[1:]} for sampled KL, got {estimator!r}")
+    if direction not in SAMPLED_KL_ESTIMATORS:
+        raise ValueError(f"kl_direction must be one of {KL_DIRECTIONS}, got {direction!r}")
+    table = SAMPLED_KL_ESTIMATORS[direction]
+    if estimator not in table:
+        raise ValueError(
+            f"kl_estimator must be one of {tuple(table)} for a sampled {direction} KL, got {estimator!r} "
+            "(register one with kl.register_kl_estimator)"
+        )
+    return table[estimator](log_ratio)

@@ -47,13 +47,13 @@ def test_clip_ppo_equals_sb3_ppo_with_value_clipping_and_target_kl() -> None:
 
 def test_adaptive_controller_follows_the_paper_rule() -> None:
     controller = AdaptiveKLController(initial=1.0, kl_target=0.01)
-    controller.end_update(0.01 / 1.5 - 1e-6)
+    controller.end_update(0.01 / 1.5 - 1e-6, n_steps=64)
     assert controller.value == 0.5
-    controller.end_update(0.01)  # inside [d/1.5, 1.5 d]: unchanged
+    controller.end_update(0.01, n_steps=64)  # inside [d/1.5, 1.5 d]: unchanged
     assert controller.value == 0.5
-    controller.end_update(0.01 * 1.5 + 1e-6)
+    controller.end_update(0.01 * 1.5 + 1e-6, n_steps=64)
     assert controller.value == 1.0
-    controller.end_update(0.0151)
+    controller.end_update(0.0151, n_steps=64)
     assert controller.value == 2.0
 
 
@@ -61,7 +61,7 @@ def test_fixed_controller_follows_its_schedule() -> None:
     controller = FixedKLController(LinearSchedule(1.0, 0.0))
     assert controller.begin_update(0.25) == 0.25
     assert controller.value == 0.25
-    controller.end_update(100.0)
+    controller.end_update(100.0, n_steps=64)
     assert controller.value == 0.25
 
 

@@ -470,7 +470,7 @@ class Population:
         self.n_updates += stats["n_epochs_run"]
         for k, (member, controller) in enumerate(zip(self._members, self.kl_controllers)):
             if controller is not None:
-                controller.end_update(float(stats["kl"][k]))
+                controller.end_update(float(stats["kl"][k]), n_steps=self.n_steps * self.n_envs)
             log = {f"train/{name}": float(values[k]) for name, values in stats.items() if name != "n_epochs_run"}
             log["train/n_updates"] = int(self.n_updates[k])
             log["train/kl_coef"] = float(coefficients.kl_coef[k])
