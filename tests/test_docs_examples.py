@@ -63,8 +63,9 @@ class Block:
         return f"{self.path}:{self.line}"
 
     def runnable_code(self) -> str:
-        """The code as it runs: each replacement applied (its OLD must occur in the block)."""
-        code = self.code
+        """The code as it runs: each replacement applied (its OLD must occur in the block). In a bash block,
+        continued lines (a backslash at the end) are joined first, so OLD may span them."""
+        code = re.sub(r"[ \t]*\\\n[ \t]*", " ", self.code) if self.language == "bash" else self.code
         for old, new in self.replacements:
             if old not in code:
                 raise ValueError(f"{self.where}: the marker 'replace {old} -> {new}' names text that is not in the block")
@@ -224,6 +225,8 @@ def test_blocks_are_found_with_their_language_title_line_and_markers() -> None:
         ("text", 17, None, None),
     ]
     assert blocks[1].runnable_code() == "steps = 64\n"
+    (joined,) = parse_blocks("<!-- example: replace --a 1 --b 2 -> --a 3 -->\n```bash\ncmd --a 1 \\\n    --b 2\n```\n")
+    assert joined.runnable_code() == "cmd --a 3\n"
     (deleting,) = parse_blocks("<!-- example: replace  && x -> -->\n```bash\ny && x && z\n```\n")
     assert deleting.runnable_code() == "y && z\n"
     assert blocks[2].code == "a: 1\n"
