@@ -69,7 +69,7 @@ class MemberCoefficients:
     max_grad_norm: th.Tensor
     target_kl: th.Tensor
     dual_clip: th.Tensor
-    surrogate: list[str]
+    surrogate: list[Any]
     kl_estimator: list[str]
     penalised: th.Tensor
 
