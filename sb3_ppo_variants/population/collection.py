@@ -10,6 +10,7 @@ import numpy as np
 import torch as th
 
 from sb3_ppo_variants.kl import distribution_param_dim
+from sb3_ppo_variants.population.classic_control import NumpyEnvs
 from sb3_ppo_variants.population.policy import StackedActorCritic
 from sb3_ppo_variants.population.trainer import RolloutData, compute_gae
 from sb3_ppo_variants.population.vec_env import CartPoleEnvs, MemberEnvs, MemberNormalizer
@@ -28,7 +29,7 @@ class Collector:
     :attr episode_timesteps: per member, its timesteps when each episode finished
     """
 
-    def __init__(self, envs: MemberEnvs | CartPoleEnvs, normalizer: MemberNormalizer | None, device: th.device):
+    def __init__(self, envs: MemberEnvs | CartPoleEnvs | NumpyEnvs, normalizer: MemberNormalizer | None, device: th.device):
         self.envs = envs
         self.normalizer = normalizer
         self.device = device

@@ -22,7 +22,14 @@ from gymnasium import spaces
 from gymnasium.utils import EzPickle
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 
-__all__ = ["CartPoleEnvs", "MemberEnvs", "MemberNormalizer", "make_member_envs"]
+from sb3_ppo_variants.population.classic_control import (
+    MountainCarContinuousEnvs,
+    MountainCarEnvs,
+    NumpyEnvs,
+    PendulumEnvs,
+)
+
+__all__ = ["NUMPY_ENVS", "CartPoleEnvs", "MemberEnvs", "MemberNormalizer", "make_member_envs"]
 
 
 class MemberEnvs:
@@ -159,11 +166,21 @@ class CartPoleEnvs:
 
 def make_member_envs(
     env_id: str, seeds: list[int], n_envs: int, env_kwargs: dict[str, Any] | None = None
-) -> MemberEnvs | CartPoleEnvs:
-    """The numpy CartPole for ``CartPole-v1`` without keyword arguments, the one-by-one stepping otherwise."""
-    if env_id == "CartPole-v1" and not env_kwargs:
-        return CartPoleEnvs(env_id, seeds, n_envs)
+) -> MemberEnvs | CartPoleEnvs | NumpyEnvs:
+    """A numpy batch for the classic-control envs that have one (:data:`NUMPY_ENVS`) without keyword arguments, the
+    one-by-one stepping otherwise."""
+    if env_id in NUMPY_ENVS and not env_kwargs:
+        return NUMPY_ENVS[env_id](env_id, seeds, n_envs)
     return MemberEnvs(env_id, seeds, n_envs, env_kwargs)
+
+
+#: gymnasium id -> its numpy batch (each checked equal to gymnasium step by step in the tests)
+NUMPY_ENVS: dict[str, Any] = {
+    "CartPole-v1": CartPoleEnvs,
+    "Pendulum-v1": PendulumEnvs,
+    "MountainCar-v0": MountainCarEnvs,
+    "MountainCarContinuous-v0": MountainCarContinuousEnvs,
+}
 
 
 class MemberNormalizer:
