@@ -3,6 +3,7 @@ member that fails stops alone."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,7 +98,7 @@ def _diverging(seed: int) -> dict[str, Any]:
     return dict(seed=seed, learning_rate=1e39)
 
 
-def test_a_failed_member_fails_alone_and_the_others_train_on_unchanged() -> None:
+def test_a_failed_member_fails_alone_and_the_others_train_on_unchanged(tmp_path: Path) -> None:
     healthy = [dict(seed=0), dict(variant="clip_kl", seed=1)]
     with_failure = Population("CartPole-v1", [healthy[0], _diverging(2), healthy[1]], hyperparams=SMALL, device="cpu")
     with_failure.learn(512)
@@ -119,6 +120,9 @@ def test_a_failed_member_fails_alone_and_the_others_train_on_unchanged() -> None
         th.nn.utils.parameters_to_vector(models[1].policy.parameters()),
         th.nn.utils.parameters_to_vector(with_failure.policy.member_state_dict(1).values()),
     )
+    with_failure.save(tmp_path / "population.pt")
+    loaded = Population.load(tmp_path / "population.pt", device="cpu")
+    assert loaded.failures == with_failure.failures and loaded.collector.stopped.tolist() == [False, True, False]
 
 
 def test_a_non_finite_loss_is_caught_and_learn_raises_only_when_every_member_failed() -> None:
