@@ -23,6 +23,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +150,8 @@ def _run_bash(block: Block, code: str, cwd: Path) -> None:
 
 def _run_python(block: Block, code: str, namespace: dict[str, Any]) -> None:
     try:
-        exec(compile(code, block.where, "exec"), namespace)
+        # padded so that a traceback's line numbers are the page's
+        exec(compile("\n" * block.line + code, block.path, "exec"), namespace)
     except Exception as error:
         raise AssertionError(f"{block.where}: the python block raised {type(error).__name__}: {error}") from error
 
@@ -160,7 +163,29 @@ def run_page(path: str, workdir: Path, root: Path = ROOT) -> list[Block]:
         if (root / name).is_dir() and not (workdir / name).exists():
             (workdir / name).symlink_to(root / name, target_is_directory=True)
     namespace: dict[str, Any] = {"__name__": "__docs_example__"}
-    ran = []
+    ran: list[Block] = []
+    with _registries_restored():
+        _run_blocks(blocks, workdir, namespace, ran)
+    return ran
+
+
+@contextmanager
+def _registries_restored() -> Iterator[None]:
+    """The pages register loss terms (docs/extending.md): the registries are put back as they were afterwards, so that
+    no other test of this process sees them (the python blocks run in this process)."""
+    from sb3_ppo_variants import kl, losses
+
+    tables = [losses.SURROGATES, *kl.SAMPLED_KL_ESTIMATORS.values()]
+    saved = [dict(table) for table in tables]
+    try:
+        yield
+    finally:
+        for table, contents in zip(tables, saved):
+            table.clear()
+            table.update(contents)
+
+
+def _run_blocks(blocks: list[Block], workdir: Path, namespace: dict[str, Any], ran: list[Block]) -> None:
     for block in blocks:
         if block.skip is not None:
             continue
@@ -180,7 +205,6 @@ def run_page(path: str, workdir: Path, root: Path = ROOT) -> list[Block]:
                 f"nor output ({DISPLAY_LANGUAGES}); mark it <!-- example: skip -- REASON --> if it is not meant to run"
             )
         ran.append(block)
-    return ran
 
 
 @pytest.mark.slow
@@ -266,3 +290,16 @@ def test_a_failing_bash_block_names_its_page_and_line(tmp_path: Path) -> None:
     (tmp_path / "page.md").write_text("Intro.\n\n```bash\nfalse\n```\n")
     with pytest.raises(pytest.fail.Exception, match=re.escape("page.md:3: the bash block exited with 1")):
         run_page("page.md", tmp_path, root=tmp_path)
+
+
+def test_terms_registered_by_a_page_are_unregistered_after_it(tmp_path: Path) -> None:
+    from sb3_ppo_variants import kl, losses
+
+    (tmp_path / "page.md").write_text(
+        "```python\nfrom sb3_ppo_variants import kl, losses\n\n"
+        'losses.register_surrogate("page_term", losses.unclipped_surrogate_loss)\n'
+        'kl.register_kl_estimator("page_estimator", lambda log_ratio: -log_ratio, "reverse")\n```\n'
+    )
+    before = dict(losses.SURROGATES), {d: dict(t) for d, t in kl.SAMPLED_KL_ESTIMATORS.items()}
+    run_page("page.md", tmp_path, root=tmp_path)
+    assert (dict(losses.SURROGATES), {d: dict(t) for d, t in kl.SAMPLED_KL_ESTIMATORS.items()}) == before
