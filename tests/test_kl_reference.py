@@ -399,9 +399,14 @@ def test_proportional_controller_with_a_reference_counts_responses(place: str, k
         "MlpPolicy", env, n_steps=16, batch_size=32, n_epochs=1, seed=0, kl_penalty="proportional", kl_coef=0.5,
         kl_target=kl_target, kl_horizon=80, kl_reference=reference, kl_reference_in=place,
     )  # fmt: skip
+    logger = _recorded(model)
     model.learn(32)
+    logger.flush_pending()
     assert model.rollout_buffer.responses() == 8
     assert model.kl_controller.value == pytest.approx(0.5 * factor, rel=1e-12)
+    # logged in both units: a response is 4 steps
+    assert logger.history["train/kl_ref_per_response"][0] == pytest.approx(4 * logger.history["train/kl_ref"][0], rel=1e-12)
+    assert logger.history["train/kl_ref"][0] > 0
 
 
 def test_responses_are_the_episodes_that_ended_in_the_rollout() -> None:
