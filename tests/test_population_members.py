@@ -78,9 +78,12 @@ def test_variant_ppo_members_take_every_switch_and_named_variants_the_switches_t
         (dict(variant="kl", kl_penalty="adaptive"), r"kl_penalty='adaptive' contradicts variant 'kl'"),
         (
             dict(variant="adaptive_kl", kl_penalty="fixed"),
-            r"kl_penalty must be 'adaptive' or 'proportional' for AdaptiveKLPPO",
+            r"kl_penalty='fixed' contradicts variant 'adaptive_kl' \(AdaptiveKLPPO has kl_penalty 'adaptive' or",
         ),
-        (dict(variant="clip_kl", kl_penalty="none"), r"kl_penalty must not be 'none' for ClipKLPPO"),
+        (
+            dict(variant="clip_kl", kl_penalty="none"),
+            r"kl_penalty='none' contradicts variant 'clip_kl' \(ClipKLPPO has kl_penalty 'fixed' or",
+        ),
         (dict(variant="variant_ppo", surrogate="nope"), r"surrogate must be one of"),
         (dict(variant="variant_ppo", kl_penalty="fixed", kl_estimator="k9"), r"kl_estimator must be one of"),
         (
