@@ -215,8 +215,12 @@ def _holders(trials: Iterable[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
     return holders
 
 
-def _same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+#: What a cell trains: two recipes with these equal are the same run (where the settings were read from is not).
+TRAINING_FIELDS = ("algorithm", "hyperparams", "model_kwargs")
+
+
+def _training(recipe: dict[str, Any]) -> str:
+    return json.dumps({name: recipe[name] for name in TRAINING_FIELDS}, sort_keys=True)
 
 
 def enqueue_missing(
@@ -236,10 +240,10 @@ def enqueue_missing(
     missing = []
     for task in tasks:
         done = [t for t in holders.get(task.key, []) if t.state == TrialState.COMPLETE]
-        if done and not _same_recipe(recipes[task.key], task.recipe()):
+        if done and _training(recipes[task.key]) != _training(task.recipe()):
             raise StudyMismatchError(
-                f"cell {task.key} was run with {recipes[task.key]}, this command asks for {task.recipe()}; "
-                "use another --out / --storage / --study-name for other hyperparameters"
+                f"cell {task.key} was run with {_training(recipes[task.key])}, this command asks for "
+                f"{_training(task.recipe())}; use another --out / --storage / --study-name for other hyperparameters"
             )
         if task.key not in holders:
             missing.append(task)
@@ -342,6 +346,10 @@ class AblationResults:
             keep = np.array([cell_key(v, e, s) in keys for v, e, s in zip(frame["variant"], frame["env_id"], frame["seed"])])
             setattr(self, name, frame[keep.astype(bool)].reset_index(drop=True))  # (an empty list would select columns)
         self.failed = {key: error for key, error in self.failed.items() if key in keys}
+        self.recipes = {key: recipe for key, recipe in self.recipes.items() if key in keys}
+        cells = self.runs.groupby("trial").size()
+        self.batches = self.batches[self.batches["trial"].isin(cells.index)].reset_index(drop=True)
+        self.batches["cells"] = [int(cells[trial]) for trial in self.batches["trial"]]
 
 
 def collect_results(study: optuna.Study) -> AblationResults:
