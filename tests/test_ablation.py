@@ -21,13 +21,14 @@ from helpers import PLAIN_VARIANTS
 from optuna.trial import TrialState
 from sb3_contrib import TRPO
 from stable_baselines3 import PPO
+from study_helpers import worker_lock
 
 from sb3_ppo_variants import VARIANTS, VariantPPO
 from sb3_ppo_variants.hyperparams import make_model
 from sb3_ppo_variants.studies import ablation, runner
 from sb3_ppo_variants.studies.arms import factorial_names, filter_hyperparams, hyperparams_for, label_names, parse_variant
 from sb3_ppo_variants.studies.cli.ablate import main
-from sb3_ppo_variants.studies.liveness import process_identity
+from sb3_ppo_variants.studies.reference import load_reference_scores
 from sb3_ppo_variants.studies.registry import algorithm_class
 from sb3_ppo_variants.studies.runner import (
     Cell,
@@ -243,9 +244,9 @@ def test_resume_runs_only_missing_failed_and_dead_cells(tmp_path: Path) -> None:
     assert ablation.run_ablation_worker(study, train=broken, max_trials=1) == 0  # one cell fails with an error ...
     (failed,) = study.get_trials(states=(TrialState.FAIL,))
     assert failed.user_attrs["fail_reason"] == "RuntimeError: diverged"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_lock, _ = worker_lock(tmp_path / "study.log", die=True)
     crashed = study.ask()  # ... and one worker is killed while running one
-    crashed.set_user_attr("worker", {**process_identity(), "pid": int(dead.stdout), "trial": crashed.number})
+    crashed.set_user_attr("worker", {"lock": dead_lock, "trial": crashed.number})
     assert study.trials[crashed.number].state == TrialState.RUNNING
 
     calls.clear()
@@ -275,6 +276,10 @@ def test_other_protocol_or_hyperparameters_on_the_same_study_are_refused(tmp_pat
     with pytest.raises(StudyMismatchError, match="cell clip\\|CartPole-v1\\|0 was run with"):
         ablation.enqueue_missing(study, _tasks(gamma=0.5))
     assert len(ablation.enqueue_missing(study, _tasks(variants=("clip", "kl", "clip_kl")))) == 2  # a grid may grow
+    # the same settings read from the same file under another path (hp.yml, ./hp.yml, another machine): the same cells
+    same = [parse_variant(v) for v in ("clip", "kl")]
+    relabelled = ablation.plan_cells(same, ["CartPole-v1"], range(2), {"CartPole-v1": {"gamma": 0.9}}, "./elsewhere/test")
+    assert ablation.enqueue_missing(study, relabelled) == []
 
 
 def test_batches_group_cells_of_one_env_and_shape_and_split_them_evenly() -> None:
@@ -326,22 +331,41 @@ def test_a_batch_trains_each_cell_as_it_would_train_alone(companion: str) -> Non
     assert together[1].episode_returns and together[0].curve_returns != together[1].curve_returns
 
 
-def test_a_batch_whose_training_raises_is_stored_failed_with_its_reason_and_the_worker_goes_on(tmp_path: Path) -> None:
+def test_a_cell_whose_training_raises_fails_alone_with_its_reason_and_its_batch_completes(tmp_path: Path) -> None:
     study = _study(tmp_path, ablation.Protocol(64, 64, 1))
-    source = {"CartPole-v1": TINY}
-    good = ablation.plan_cells([parse_variant("clip")], ["CartPole-v1"], [0], source, "test")
+    good = ablation.plan_cells([parse_variant("clip")], ["CartPole-v1"], [0], {"CartPole-v1": TINY}, "test")
     bad = ablation.plan_cells(
         [parse_variant("clip")], ["CartPole-v1"], [1], {"CartPole-v1": {**TINY, "clip_range": -0.1}}, "t"
     )
-    _enqueue(study, bad)
-    _enqueue(study, good)
+    _enqueue(study, [*bad, *good])  # one batch: its population fails, its cells run again solo, each failing alone
     assert ablation.run_ablation_worker(study) == 1
-    failed, completed = study.trials
-    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_kind"] == "error"
-    assert "clip_range" in failed.user_attrs["fail_reason"] and "-0.1" in failed.user_attrs["fail_reason"]
-    assert completed.state == TrialState.COMPLETE and list(completed.user_attrs["results"]) == [good[0].key]
-    assert ablation.collect_results(study).failed == {bad[0].key: failed.user_attrs["fail_reason"]}
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and list(trial.user_attrs["results"]) == [good[0].key]
+    (reason,) = trial.user_attrs["failures"].values()
+    assert list(trial.user_attrs["failures"]) == [bad[0].key] and "clip_range" in reason and "-0.1" in reason
+    mode = trial.user_attrs["batch_mode"]
+    assert mode["mode"] == "solo" and "the population failed" in mode["why"]
+    assert ablation.collect_results(study).failed == {bad[0].key: [reason]}
     assert ablation.grid_status(study, [bad[0].key, good[0].key]) == {bad[0].key: "failed", good[0].key: "complete"}
+
+
+def test_a_failed_cell_is_enqueued_again_once(tmp_path: Path) -> None:
+    study, tasks = _study(tmp_path), _tasks()
+
+    def fails_kl_seed_0(cells: Any, protocol: RunProtocol) -> list[CellResult]:
+        results = _fake_train([])(cells, protocol)
+        for cell, result in zip(cells, results):
+            if (cell.algorithm, cell.seed) == ("kl", 0):
+                result.failure = "ValueError: diverged"
+        return results
+
+    assert len(ablation.enqueue_missing(study, tasks)) == 4
+    ablation.run_ablation_worker(study, train=fails_kl_seed_0)
+    assert [t.key for t in ablation.enqueue_missing(study, tasks)] == ["kl|CartPole-v1|0"]  # the retry
+    ablation.run_ablation_worker(study, train=fails_kl_seed_0)
+    assert ablation.enqueue_missing(study, tasks) == []  # failed twice: reported, not run again
+    results = ablation.collect_results(study)
+    assert results.failed == {"kl|CartPole-v1|0": ["ValueError: diverged"] * 2} and len(results.runs) == 3
 
 
 @pytest.mark.parametrize("value", [0, -1])
@@ -502,6 +526,30 @@ def test_tiny_grid_writes_everything_and_resumes_only_missing_runs_after_a_kill(
     assert pd.read_csv(out / "batches.csv")["cells"].tolist() == [2, 2]
     statistics = pd.read_csv(out / "statistics.csv")
     assert set(statistics["env_id"]) == {"CartPole-v1", "aggregate"} and len(statistics) == 2 * 2 * 3
+
+
+@pytest.mark.slow
+def test_an_arm_that_diverges_fails_alone_and_the_report_counts_it(tmp_path: Path, capsys: Any) -> None:
+    hyperparams = tmp_path / "hp.yml"
+    entry = "{n_envs: 1, n_steps: 32, batch_size: 32, n_epochs: 2, policy_kwargs: 'dict(net_arch=[16])'}"
+    hyperparams.write_text(
+        f"CartPole-v1:\n  default: {entry}\n  steady: {{variant: clip}}\n  boom: {{variant: clip, learning_rate: 1.0e+20}}\n"
+    )
+    argv = ["--envs", "CartPole-v1", "--variants", "steady", "boom", "--seeds", "2", "--timesteps", "256"]
+    argv += ["--eval-freq", "128", "--n-eval-episodes", "2", "--bootstrap-reps", "100", "--hyperparams", str(hyperparams)]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "retrying 2 failed run(s) once" in captured.out + captured.err
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert sorted(runs["variant"]) == ["steady", "steady"]  # boom's failures removed none of steady's seeds
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**boom: 2 of 2 runs failed** (2 after 2 attempt(s))" in report
+    assert "Failed runs are left out of the statistics" in report
+    assert main([*argv, "--out", str(tmp_path / "out"), "--report-only", "--failed-as-random"]) == 1
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index(["variant", "seed"])
+    random_policy = load_reference_scores()["CartPole-v1"].random_mean
+    assert runs.loc[("boom", 0), "final_score"] == random_policy and isinstance(runs.loc[("boom", 0), "failed"], str)
+    assert "scored as the random policy" in (tmp_path / "out" / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -56,6 +56,7 @@ from sb3_ppo_variants.studies.storage import StudyMismatchError, open_study, pro
 __all__ = [
     "DEFAULT_MEMBERS_PER_PROCESS",
     "DEFAULT_STUDY_NAME",
+    "MAX_ATTEMPTS",
     "AblationResults",
     "CellTask",
     "Protocol",
@@ -63,6 +64,7 @@ __all__ = [
     "cell_key",
     "collect_results",
     "enqueue_missing",
+    "failures",
     "grid_status",
     "make_batches",
     "open_ablation_study",
@@ -74,9 +76,11 @@ DEFAULT_STUDY_NAME = "ablation"
 #: Cells trained together in one trial, at most.
 DEFAULT_MEMBERS_PER_PROCESS = 8
 #: User attributes an ablation trial writes while it runs (a retry inherits them, so they are cleared first).
-RUN_ATTRS = ("claimed", "results", "batch_mode", "duplicate_of", "idle")
+RUN_ATTRS = ("claimed", "results", "failures", "batch_mode", "duplicate_of", "idle")
 
 Train = Callable[[Sequence[Cell], RunProtocol], list[CellResult]]
+#: A cell that failed (an error in its own training) runs at most this many times in a study.
+MAX_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -223,13 +227,28 @@ def _training(recipe: dict[str, Any]) -> str:
     return json.dumps({name: recipe[name] for name in TRAINING_FIELDS}, sort_keys=True)
 
 
+def failures(trials: Iterable[FrozenTrial]) -> dict[str, list[str]]:
+    """Cell key -> the reasons of its failed attempts: a cell that failed in a completed batch, or every cell of a
+    batch that failed as a whole with an error (a dead worker's or an interrupted batch is no attempt)."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            for key, reason in (trial.user_attrs.get("failures") or {}).items():
+                found[key].append(reason)
+        elif trial.state == TrialState.FAIL and trial.user_attrs.get("fail_kind") == "error":
+            for key in trial.user_attrs.get("claimed") or [recipe["key"] for recipe in _batch(trial)]:
+                found[key].append(trial.user_attrs.get("fail_reason") or "")
+    return found
+
+
 def enqueue_missing(
     study: optuna.Study,
     tasks: Sequence[CellTask],
     members_per_process: int = DEFAULT_MEMBERS_PER_PROCESS,
     min_batches: int = 1,
 ) -> list[CellTask]:
-    """Enqueue, in batches (:func:`make_batches`), the cells no trial holds; return them.
+    """Enqueue, in batches (:func:`make_batches`), the cells no trial holds and that failed fewer than
+    :data:`MAX_ATTEMPTS` times; return them.
 
     :raises StudyMismatchError: when a COMPLETE cell was run with another recipe (other hyperparameters)
     """
@@ -237,6 +256,7 @@ def enqueue_missing(
     trials = study.get_trials(deepcopy=False)
     holders = _holders(trials)
     recipes = {recipe["key"]: recipe for trial in trials if trial.state == TrialState.COMPLETE for recipe in _batch(trial)}
+    failed = failures(trials)
     missing = []
     for task in tasks:
         done = [t for t in holders.get(task.key, []) if t.state == TrialState.COMPLETE]
@@ -245,7 +265,7 @@ def enqueue_missing(
                 f"cell {task.key} was run with {_training(recipes[task.key])}, this command asks for "
                 f"{_training(task.recipe())}; use another --out / --storage / --study-name for other hyperparameters"
             )
-        if task.key not in holders:
+        if task.key not in holders and len(failed.get(task.key, [])) < MAX_ATTEMPTS:
             missing.append(task)
     for batch in make_batches(missing, members_per_process, min_batches):
         study.enqueue_trial({}, user_attrs={"batch": [task.recipe() for task in batch]})
@@ -280,11 +300,20 @@ def _run_batch(trial: optuna.Trial, train: Train) -> float:
     mode, why = batch_mode(cells)
     trial.set_user_attr("batch_mode", {"mode": mode, "why": why})
     results = train(cells, _protocol(trial.study).run_protocol)
-    trial.set_user_attr("results", {recipe["key"]: result.as_attrs() for recipe, result in zip(keep, results)})
-    return float(np.mean([result.final_score for result in results]))
+    modes = {result.mode for result in results} - {mode}
+    if modes:  # a population that failed, trained again solo
+        trial.set_user_attr("batch_mode", {"mode": "solo", "why": sorted(modes)[0].removeprefix("solo: ")})
+    done = {recipe["key"]: result for recipe, result in zip(keep, results) if result.failure is None}
+    trial.set_user_attr("failures", {r["key"]: x.failure for r, x in zip(keep, results) if x.failure is not None})
+    trial.set_user_attr("results", {key: result.as_attrs() for key, result in done.items()})
+    return float(len(done))  # the value of a batch: its completed cells
 
 
-def ablation_objective(train: Train = train_batch) -> Objective:
+def _train_isolated(cells: Sequence[Cell], protocol: RunProtocol) -> list[CellResult]:
+    return train_batch(cells, protocol, isolate=True)
+
+
+def ablation_objective(train: Train = _train_isolated) -> Objective:
     """The objective of an ablation's workers: run the enqueued batch of each trial.
 
     :param train: ``(cells, protocol) -> results`` (:func:`~sb3_ppo_variants.studies.runner.train_batch`; tests
@@ -295,7 +324,7 @@ def ablation_objective(train: Train = train_batch) -> Objective:
 
 def run_ablation_worker(
     study: optuna.Study,
-    train: Train = train_batch,
+    train: Train = _train_isolated,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     max_trials: int | None = None,
 ) -> int:
@@ -325,7 +354,7 @@ class AblationResults:
     :param curves: one row per evaluation: variant, env_id, seed, timestep (actual), nominal, eval_return
     :param episodes: one row per training episode: variant, env_id, seed, timestep, episode_return
     :param recipes: cell key -> recipe (algorithm, hyperparameters, constructor arguments, where they came from)
-    :param failed: cell key -> last error, for cells with no COMPLETE trial whose last trial failed with an error
+    :param failed: cell key -> the reasons of its failed attempts, for cells with no result
     :param duplicates: cells stored by more than one COMPLETE trial (should never happen; kept visible)
     :param batches: one row per COMPLETE trial: trial, cells, mode (solo / population), why
     """
@@ -334,7 +363,7 @@ class AblationResults:
     curves: pd.DataFrame
     episodes: pd.DataFrame
     recipes: dict[str, dict[str, Any]]
-    failed: dict[str, str]
+    failed: dict[str, list[str]]
     duplicates: list[str]
     protocol: Protocol
     batches: pd.DataFrame
@@ -385,12 +414,7 @@ def collect_results(study: optuna.Study) -> AblationResults:
                 curves.append({**ids, "timestep": t, "nominal": n, "eval_return": r})
             for t, r in zip(attrs["episode_timesteps"], attrs["episode_returns"]):
                 episodes.append({**ids, "timestep": t, "episode_return": r})
-    failed: dict[str, str] = {}
-    for trial in trials:
-        if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason"):
-            for recipe in _batch(trial):
-                if recipe["key"] not in stored:
-                    failed[recipe["key"]] = trial.user_attrs["fail_reason"]
+    failed = {key: reasons for key, reasons in failures(trials).items() if key not in stored}
     columns = {
         "runs": ["variant", "env_id", "seed", "final_score", "timesteps", "wall_time_s", "trial", "host"],
         "curves": ["variant", "env_id", "seed", "timestep", "nominal", "eval_return"],

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import platform
 import socket
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -53,6 +54,7 @@ class ReportContext:
 
     :param grid: cell key -> status (``complete``, ``running``, ``waiting``, ``failed``, ``missing``) of the grid asked for
     :param plots: figure name -> path (relative to the report's directory when written)
+    :param failed_as_random: failed runs were scored as the random policy (else left out of the statistics)
     """
 
     specs: list[VariantSpec]
@@ -66,6 +68,7 @@ class ReportContext:
     grid: dict[str, str]
     plots: dict[str, Path] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    failed_as_random: bool = False
 
 
 def _interval(point: float, low: float, high: float, digits: int) -> str:
@@ -135,6 +138,34 @@ def _image(context: ReportContext, name: str, alt: str, base: Path) -> list[str]
     return [f"![{alt}]({Path(os.path.relpath(path, base)).as_posix()})", ""]
 
 
+def _failures(results: AblationResults, context: ReportContext) -> list[str]:
+    """Per arm: "k of n runs failed", with the reasons; and how failed runs enter the statistics."""
+    lines = []
+    for spec in context.specs:
+        keys = [key for key in context.grid if key.rsplit("|", 2)[0] == spec.name]
+        failed = [key for key in keys if context.grid[key] == "failed" and key in results.failed]
+        if not failed:
+            continue
+        last_lines = ((results.failed[key][-1].strip().splitlines() or ["(no reason recorded)"])[-1] for key in failed)
+        reasons = Counter(line[:300] for line in last_lines)
+        tries = Counter(len(results.failed[key]) for key in failed)
+        lines.append(
+            f"- **{spec.name}: {len(failed)} of {len(keys)} runs failed** "
+            f"({', '.join(f'{n} after {k} attempt(s)' for k, n in sorted(tries.items()))}): "
+            + "; ".join(f"{n} x `{reason}`" for reason, n in reasons.most_common())
+        )
+    if lines:
+        lines.append(
+            "- Failed runs are scored as the random policy (the reference table's random-policy return) in the "
+            "statistics (--failed-as-random)."
+            if context.failed_as_random
+            else "- Failed runs are left out of the statistics (and counted above); --failed-as-random scores them as "
+            "the random policy instead. Leaving them out favours an arm that fails often: read its numbers as "
+            "'when it does not fail'."
+        )
+    return lines
+
+
 def _summary(results: AblationResults, stats: AblationStatistics, context: ReportContext) -> list[str]:
     counts = pd.Series(context.grid).value_counts().to_dict()
     total = len(context.grid)
@@ -149,8 +180,7 @@ def _summary(results: AblationResults, stats: AblationStatistics, context: Repor
             f"{', ...' if len(unfinished) > 12 else ''}); the numbers below use the completed runs only. "
             "Rerun the same command to run the missing ones."
         )
-    for key, error in sorted(results.failed.items()):
-        lines.append(f"- Failed: `{key}`: `{error.splitlines()[-1][:300]}`")
+    lines += _failures(results, context)
     if results.duplicates:
         lines.append(f"- **Warning:** cells completed more than once (the first is used): {results.duplicates}")
     if stats.baseline is not None and len(stats.improvement):
