@@ -9,8 +9,11 @@ from pathlib import Path
 #: Takes this process's worker lock next to the journal argv[1], prints the lock file, then dies by SIGKILL (argv[2]
 #: == "die": no clean-up runs) or waits for its stdin to close.
 HOLDER = """
-import os, signal, sys
-from sb3_ppo_variants.studies import liveness
+import importlib.util, os, signal, sys
+# liveness.py alone (optuna, no torch): quick to start
+spec = importlib.util.spec_from_file_location("liveness", "sb3_ppo_variants/studies/liveness.py")
+liveness = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(liveness)
 liveness.hold_worker_lock(sys.argv[1])
 print(liveness._lock["path"], flush=True)
 if sys.argv[2] == "die":

@@ -34,8 +34,6 @@ from sb3_ppo_variants.studies.runner import (
     Cell,
     CellResult,
     RunProtocol,
-    batch_mode,
-    population_blocker,
     train_batch,
 )
 from sb3_ppo_variants.studies.storage import StudyMismatchError, open_storage
@@ -298,35 +296,42 @@ def test_batches_group_cells_of_one_env_and_shape_and_split_them_evenly() -> Non
         ablation.make_batches(tasks, 0)
 
 
-def test_which_batches_could_be_a_population_and_why_the_others_run_solo() -> None:
-    plain = [Cell("clip", "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY, {"kl_coef": 0.5})]
-    assert population_blocker(plain) is None
-    assert batch_mode(plain) == ("population", "")
-    assert batch_mode([*plain, Cell("trpo", "CartPole-v1", 0)])[0] == "solo"
-    assert "trpo is not a plain variant" in population_blocker([*plain, Cell("trpo", "CartPole-v1", 0)])
-    assert "differ in ['n_steps']" in population_blocker([*plain, Cell("clip", "CartPole-v1", 2, {**TINY, "n_steps": 64})])
-    assert "several environments" in population_blocker([*plain, Cell("clip", "Acrobot-v1", 0, TINY)])
-    assert "gSDE" in population_blocker([Cell("clip", "Pendulum-v1", 0, {"use_sde": True})])
-    assert "is not MlpPolicy" in population_blocker([Cell("clip", "CartPole-v1", 0, {"policy": "CnnPolicy"})])
-    extractor = {**TINY, "policy_kwargs": "dict(features_extractor_class=th.nn.Module)"}
-    assert "features_extractor_class" in population_blocker([Cell("clip", "CartPole-v1", 0, extractor)])
+PLAIN = [Cell("clip", "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY, {"kl_coef": 0.5})]
 
 
-def test_a_batch_on_image_observations_runs_solo_with_the_populations_own_reason() -> None:
-    pytest.importorskip("Box2D")
-    reason = population_blocker([Cell("clip", "CarRacing-v3", 0, TINY)])
-    assert reason is not None and "observation space" in reason and "not supported in a population" in reason
+@pytest.mark.parametrize(
+    ("cells", "why"),
+    [
+        (PLAIN, None),
+        ([*PLAIN, Cell("trpo", "CartPole-v1", 0, {k: v for k, v in TINY.items() if k != "n_epochs"})], "member 2: variant"),
+        ([*PLAIN, Cell("clip", "CartPole-v1", 2, {**TINY, "n_steps": 64})], "n_steps must be equal"),
+        ([*PLAIN, Cell("clip", "Acrobot-v1", 0, TINY)], "several environments"),
+        ([Cell("clip", "CartPole-v1", 0, {**TINY, "policy_kwargs": "dict(optimizer_class=th.optim.SGD)"})], "Adam only"),
+    ],
+)
+def test_the_population_decides_which_batches_it_trains_and_the_others_run_solo_with_its_reason(
+    cells: list[Cell], why: str | None
+) -> None:
+    results = train_batch(cells, RunProtocol(32, (32,), n_eval_episodes=1))
+    modes = {result.mode for result in results}
+    assert len(modes) == 1 and all(result.curve_nominal == [32] and result.failure is None for result in results)
+    if why is None:
+        assert modes == {"population"}
+    else:
+        (mode,) = modes
+        assert mode.startswith("solo: ") and why in mode
 
 
 @pytest.mark.parametrize("companion", ["clip", "sb3_ppo"])  # a population; solo runs (a baseline is never a member)
 def test_a_batch_trains_each_cell_as_it_would_train_alone(companion: str) -> None:
     protocol = RunProtocol(128, (0, 64, 128), n_eval_episodes=2)
     cells = [Cell(companion, "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY)]
-    assert batch_mode(cells)[0] == ("population" if companion == "clip" else "solo")
     train_alone = train_batch if companion == "clip" else runner._train_solo  # alone in the same mode
     alone = train_alone([Cell("clip_kl", "CartPole-v1", 1, TINY)], protocol, None)
     together = train_batch(cells, protocol)
-    assert together[1].as_attrs() | {"wall_time_s": 0} == alone[0].as_attrs() | {"wall_time_s": 0}
+    assert together[1].mode.partition(":")[0] == ("population" if companion == "clip" else "solo")
+    ignored = {"wall_time_s": 0, "mode": ""}
+    assert together[1].as_attrs() | ignored == alone[0].as_attrs() | ignored
     assert together[1].curve_nominal == [0, 64, 128] and together[1].curve_timesteps == [0, 64, 128]
     assert together[1].episode_returns and together[0].curve_returns != together[1].curve_returns
 
@@ -337,14 +342,14 @@ def test_a_cell_whose_training_raises_fails_alone_with_its_reason_and_its_batch_
     bad = ablation.plan_cells(
         [parse_variant("clip")], ["CartPole-v1"], [1], {"CartPole-v1": {**TINY, "clip_range": -0.1}}, "t"
     )
-    _enqueue(study, [*bad, *good])  # one batch: its population fails, its cells run again solo, each failing alone
+    _enqueue(study, [*bad, *good])  # one batch: the population refuses it, its cells run solo, each failing alone
     assert ablation.run_ablation_worker(study) == 1
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE and list(trial.user_attrs["results"]) == [good[0].key]
     (reason,) = trial.user_attrs["failures"].values()
     assert list(trial.user_attrs["failures"]) == [bad[0].key] and "clip_range" in reason and "-0.1" in reason
     mode = trial.user_attrs["batch_mode"]
-    assert mode["mode"] == "solo" and "the population failed" in mode["why"]
+    assert mode["mode"] == "solo" and "member 0 (clip, seed 1): clip_range" in mode["why"]
     assert ablation.collect_results(study).failed == {bad[0].key: [reason]}
     assert ablation.grid_status(study, [bad[0].key, good[0].key]) == {bad[0].key: "failed", good[0].key: "complete"}
 

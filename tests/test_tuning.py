@@ -370,7 +370,11 @@ def test_an_interrupted_trial_is_failed_and_its_environments_closed(tmp_path, mo
         monkeypatch.setattr(Population, "learn", interrupt)
         monkeypatch.setattr(Population, "close", lambda self: closed.extend([True] * self.n_members))
     else:
-        monkeypatch.setattr(runner, "batch_mode", lambda cells: ("solo", "forced by the test"))
+
+        def refuse(*args, **kwargs):
+            raise ValueError("forced by the test")
+
+        monkeypatch.setattr(runner, "Population", refuse)
         monkeypatch.setattr(runner.SeededRun, "advance", interrupt)
         monkeypatch.setattr(runner.SeededRun, "close", lambda self: closed.append(True))
     storage = open_storage(None, tmp_path)

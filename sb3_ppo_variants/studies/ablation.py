@@ -47,7 +47,6 @@ from sb3_ppo_variants.studies.runner import (
     CellResult,
     Objective,
     RunProtocol,
-    batch_mode,
     run_worker,
     train_batch,
 )
@@ -296,13 +295,9 @@ def _run_batch(trial: optuna.Trial, train: Train) -> float:
     if not keep:
         trial.set_user_attr("duplicate_of", others)
         raise optuna.TrialPruned(f"every cell of the batch is held by trials {others}")
-    cells = [_cell(recipe) for recipe in keep]
-    mode, why = batch_mode(cells)
+    results = train([_cell(recipe) for recipe in keep], _protocol(trial.study).run_protocol)
+    mode, _, why = results[0].mode.partition(": ")
     trial.set_user_attr("batch_mode", {"mode": mode, "why": why})
-    results = train(cells, _protocol(trial.study).run_protocol)
-    modes = {result.mode for result in results} - {mode}
-    if modes:  # a population that failed, trained again solo
-        trial.set_user_attr("batch_mode", {"mode": "solo", "why": sorted(modes)[0].removeprefix("solo: ")})
     done = {recipe["key"]: result for recipe, result in zip(keep, results) if result.failure is None}
     trial.set_user_attr("failures", {r["key"]: x.failure for r, x in zip(keep, results) if x.failure is not None})
     trial.set_user_attr("results", {key: result.as_attrs() for key, result in done.items()})

@@ -7,12 +7,13 @@ Tuning and ablation are each an Optuna study plus a *work function* ``trial -> v
   shapes -- trains them as one batch and stores each cell's curve and score.
 
 **Training a batch** (:func:`train_batch`): every cell is a :class:`Cell`, trained under one
-:class:`RunProtocol` (budget, evaluation points, episodes) and returned as a :class:`CellResult`. A batch
-that :func:`population_blocker` accepts (plain variants, ``MlpPolicy``, no gSDE, no Dict observations, one env,
-equal shapes, a flat Box observation space) is trained as one :class:`~sb3_ppo_variants.Population`: its members'
-parameters stacked, one forward pass and one optimiser step for all; every other batch runs its cells solo, in
-lockstep (:class:`~sb3_ppo_variants.studies.runs.SeededRun`). Either way each cell has its own random streams, so
-its result does not depend on its companions. :func:`batch_mode` says which, and why; the ablation report lists it.
+:class:`RunProtocol` (budget, evaluation points, episodes) and returned as a :class:`CellResult`. The batch is
+offered to :class:`~sb3_ppo_variants.Population` (its members' parameters stacked, one forward pass and one optimiser
+step for all): when the population's constructor refuses it (a ``ValueError``: a variant it does not host, gSDE,
+images, unequal shapes, ...), the cells run solo, in lockstep (:class:`~sb3_ppo_variants.studies.runs.SeededRun`),
+and the population's reason is kept -- so no second list of conditions can drift from what the population accepts.
+Either way each cell has its own random streams, so its result does not depend on its companions, and in an ablation
+a cell that fails fails alone (``isolate``). Each result's ``mode`` says how it ran; the ablation report lists it.
 
 **The worker loop** (:func:`run_worker`): each worker -- a process on any machine sharing the storage --
 calls ``study.optimize`` with:
@@ -38,16 +39,13 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from sb3_ppo_variants.hyperparams import parse_policy_kwargs
-from sb3_ppo_variants.population.population import check_policy_kwargs, check_spaces
+from sb3_ppo_variants.population import Population, PopulationEvalCallback
 from sb3_ppo_variants.studies.liveness import mark_worker, recover_stale_trials
-from sb3_ppo_variants.studies.registry import PLAIN_VARIANTS
 from sb3_ppo_variants.studies.runs import SeededRun
 
 __all__ = [
@@ -58,9 +56,7 @@ __all__ = [
     "Objective",
     "RunProtocol",
     "StopWhenQueueEmpty",
-    "batch_mode",
     "n_counted",
-    "population_blocker",
     "run_worker",
     "train_batch",
 ]
@@ -145,53 +141,6 @@ class CellResult:
 # ----------------------------------------------------------------------------------------------- a batch
 
 
-def _shape(cell: Cell) -> dict[str, Any]:
-    merged = {**cell.hyperparams, **cell.model_kwargs}
-    return {key: merged.get(key) for key in SHAPE_KEYS}
-
-
-def population_blocker(cells: Sequence[Cell]) -> str | None:
-    """Why ``cells`` cannot be trained as one population, or None when they can.
-
-    A population trains plain variants (``VARIANTS``' four on SB3's PPO) with ``MlpPolicy`` and without gSDE, on
-    one environment without Dict observations, all members with the same shapes (:data:`SHAPE_KEYS`).
-    """
-    others = sorted({cell.algorithm for cell in cells} - set(PLAIN_VARIANTS))
-    if others:
-        return f"{', '.join(others)} is not a plain variant {list(PLAIN_VARIANTS)}"
-    envs = sorted({cell.env_id for cell in cells})
-    if len(envs) > 1:
-        return f"the cells are on several environments {envs}"
-    shapes = [_shape(cell) for cell in cells]
-    differ = sorted(key for key in SHAPE_KEYS if len({repr(shape[key]) for shape in shapes}) > 1)
-    if differ:
-        return f"the cells differ in {differ}"
-    shape = shapes[0]
-    if (shape["policy"] or "MlpPolicy") != "MlpPolicy":
-        return f"policy {shape['policy']!r} is not MlpPolicy"
-    if shape["use_sde"]:
-        return "gSDE (use_sde) runs solo"
-    if shape["frame_stack"]:
-        return "frame_stack runs solo"
-    env = gym.make(envs[0], **(shape["env_kwargs"] or {}))
-    try:
-        observations, actions = env.observation_space, env.action_space
-    finally:
-        env.close()
-    try:  # the population's own checks, so that this list cannot drift from what it accepts
-        check_policy_kwargs(parse_policy_kwargs(shape["policy_kwargs"] or {}))
-        check_spaces(observations, actions)
-    except (TypeError, ValueError) as error:
-        return str(error)
-    return None
-
-
-def batch_mode(cells: Sequence[Cell]) -> tuple[str, str]:
-    """``("population", "")``, or ``("solo", why)``: how :func:`train_batch` trains ``cells``."""
-    blocker = population_blocker(cells)
-    return ("solo", blocker) if blocker else ("population", "")
-
-
 #: ``on_evaluation(timestep, scores)``: scores of every cell at a point; returns False to stop the batch, or raises.
 OnEvaluation = Callable[[int, np.ndarray], "bool | None"]
 
@@ -199,7 +148,9 @@ OnEvaluation = Callable[[int, np.ndarray], "bool | None"]
 def train_batch(
     cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None = None, isolate: bool = False
 ) -> list[CellResult]:
-    """Train ``cells`` under ``protocol`` and evaluate each at every evaluation point.
+    """Train ``cells`` under ``protocol`` and evaluate each at every evaluation point: as one
+    :class:`~sb3_ppo_variants.Population` when the population accepts them (it is constructed: its own checks
+    decide), else solo, each result's ``mode`` saying which and why.
 
     The cells advance in lockstep from one evaluation point to the next, so that ``on_evaluation`` sees every
     cell's score at each point (tuning reports their mean to its pruner); it may stop the batch (return False:
@@ -210,33 +161,32 @@ def train_batch(
         as a whole). A population that raises is trained again cell by cell, solo, so that only the failing cell fails.
     :return: one :class:`CellResult` per cell, in order
     """
-    if batch_mode(cells)[0] == "population":
-        try:
-            return _train_population(cells, protocol, on_evaluation)
-        except Exception as error:
-            if not isolate or isinstance(error, optuna.TrialPruned):
-                raise
-            why = f"the population failed ({type(error).__name__}: {error})"[:300]
-            results = _train_solo(cells, protocol, on_evaluation, isolate)
-            for result in results:
-                result.mode = f"solo: {why}"
-            return results
-    return _train_solo(cells, protocol, on_evaluation, isolate)
-
-
-def _train_population(cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None) -> list[CellResult]:
-    """The cells as one :class:`~sb3_ppo_variants.Population`; each cell's ``wall_time_s`` is an equal share."""
-    from sb3_ppo_variants.population import Population, PopulationEvalCallback
-
-    clock = time.perf_counter()
     members = [{"variant": c.algorithm, "seed": c.seed, **c.hyperparams, **c.model_kwargs} for c in cells]
-    population = Population(cells[0].env_id, members)
+    envs = sorted({cell.env_id for cell in cells})
+    try:
+        if len(envs) > 1:
+            raise ValueError(f"the cells are on several environments {envs}")
+        population = Population(envs[0], members)
+    except ValueError as error:  # the population's own judgement of what it can train
+        return _train_solo(cells, protocol, on_evaluation, isolate, why=str(error))
+    try:
+        return _train_population(population, protocol, on_evaluation)
+    except Exception as error:
+        if not isolate or isinstance(error, optuna.TrialPruned):
+            raise
+        why = f"the population failed ({type(error).__name__}: {error})"[:300]
+        return _train_solo(cells, protocol, on_evaluation, isolate, why=why)
+
+
+def _train_population(population: Population, protocol: RunProtocol, on_evaluation: OnEvaluation | None) -> list[CellResult]:
+    """Train ``population``; each cell's ``wall_time_s`` is an equal share."""
+    clock = time.perf_counter()
     callback = PopulationEvalCallback(list(protocol.eval_points), protocol.n_eval_episodes, on_evaluation=on_evaluation)
     try:
         population.learn(protocol.timesteps, callback=callback)
     finally:
         population.close()
-    share = (time.perf_counter() - clock) / len(cells)
+    share = (time.perf_counter() - clock) / population.n_members
     scores = callback.scores
     return [
         CellResult(
@@ -248,15 +198,15 @@ def _train_population(cells: Sequence[Cell], protocol: RunProtocol, on_evaluatio
             wall_time_s=share,
             mode="population",
         )
-        for index in range(len(cells))
+        for index in range(population.n_members)
     ]
 
 
 def _train_solo(
-    cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None, isolate: bool = False
+    cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None, isolate: bool = False, why: str = ""
 ) -> list[CellResult]:
     runs: list[SeededRun | None] = []
-    results = [CellResult() for _ in cells]
+    results = [CellResult(mode=f"solo: {why}" if why else "solo") for _ in cells]
 
     def failed(index: int, error: Exception) -> None:
         if not isolate:
