@@ -297,12 +297,15 @@ def test_batches_group_cells_of_one_env_and_shape_and_split_them_evenly() -> Non
 
 
 PLAIN = [Cell("clip", "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY, {"kl_coef": 0.5})]
+FACTORIAL_SWITCHES = parse_variant("noclip+kl+ent_sched").overrides
 
 
 @pytest.mark.parametrize(
     ("cells", "why"),
     [
         (PLAIN, None),
+        # factorial cells (VariantPPO with its switches) beside a named variant
+        ([*PLAIN, Cell("variant_ppo", "CartPole-v1", 2, {**TINY, "kl_coef": 1.0}, FACTORIAL_SWITCHES)], None),
         ([*PLAIN, Cell("trpo", "CartPole-v1", 0, {k: v for k, v in TINY.items() if k != "n_epochs"})], "member 2: variant"),
         ([*PLAIN, Cell("clip", "CartPole-v1", 2, {**TINY, "n_steps": 64})], "n_steps must be equal"),
         ([*PLAIN, Cell("clip", "Acrobot-v1", 0, TINY)], "several environments"),

@@ -169,7 +169,9 @@ def make_batches(tasks: Sequence[CellTask], members_per_process: int, min_batche
     for task in tasks:
         merged = {**task.hyperparams, **task.model_kwargs}
         shape = {key: merged.get(key) for key in SHAPE_KEYS}
-        solo_only = task.algorithm not in PLAIN_VARIANTS  # a population mixes plain variants, nothing else
+        # a population hosts the plain variants and VariantPPO (factorial cells); a baseline batches with itself only.
+        # Grouping only: whether a batch trains as one population is the Population's own decision (train_batch).
+        solo_only = task.algorithm not in (*PLAIN_VARIANTS, "variant_ppo")
         signature = json.dumps([task.env_id, shape, task.algorithm if solo_only else ""], sort_keys=True, default=str)
         groups[signature].append(task)
     batches = []

@@ -44,6 +44,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from sb3_ppo_variants.algorithm import NonFiniteLossError
 from sb3_ppo_variants.population import Population, PopulationEvalCallback
 from sb3_ppo_variants.studies.liveness import mark_worker, recover_stale_trials
 from sb3_ppo_variants.studies.runs import SeededRun
@@ -170,36 +171,47 @@ def train_batch(
     except ValueError as error:  # the population's own judgement of what it can train
         return _train_solo(cells, protocol, on_evaluation, isolate, why=str(error))
     try:
-        return _train_population(population, protocol, on_evaluation)
+        results = _train_population(population, protocol, on_evaluation)
     except Exception as error:
         if not isolate or isinstance(error, optuna.TrialPruned):
             raise
-        why = f"the population failed ({type(error).__name__}: {error})"[:300]
-        return _train_solo(cells, protocol, on_evaluation, isolate, why=why)
+        if all(failure is not None for failure in population.failures):  # every member failed alone: recorded
+            results = _population_results(population, None)
+        else:  # an error of the whole population (an environment's): each cell again, solo, failing alone
+            why = f"the population failed ({type(error).__name__}: {error})"[:300]
+            return _train_solo(cells, protocol, on_evaluation, isolate, why=why)
+    failed = [result.failure for result in results if result.failure]
+    if failed and not isolate:
+        raise NonFiniteLossError(failed[0])
+    return results
 
 
 def _train_population(population: Population, protocol: RunProtocol, on_evaluation: OnEvaluation | None) -> list[CellResult]:
-    """Train ``population``; each cell's ``wall_time_s`` is an equal share."""
+    """Train ``population``; a member that fails (``population.failures``) stops alone and its result says why."""
     clock = time.perf_counter()
     callback = PopulationEvalCallback(list(protocol.eval_points), protocol.n_eval_episodes, on_evaluation=on_evaluation)
     try:
         population.learn(protocol.timesteps, callback=callback)
     finally:
         population.close()
-    share = (time.perf_counter() - clock) / population.n_members
-    scores = callback.scores
-    return [
-        CellResult(
-            curve_nominal=list(callback.timesteps),
-            curve_timesteps=list(callback.reached),
-            curve_returns=[float(value) for value in scores[:, index]] if len(scores) else [],
-            episode_timesteps=list(population.episode_timesteps[index]),
-            episode_returns=list(population.episode_returns[index]),
-            wall_time_s=share,
-            mode="population",
-        )
-        for index in range(population.n_members)
-    ]
+    return _population_results(population, callback, time.perf_counter() - clock)
+
+
+def _population_results(
+    population: Population, callback: PopulationEvalCallback | None, seconds: float = 0.0
+) -> list[CellResult]:
+    """Each member's :class:`CellResult`; its ``wall_time_s`` is an equal share of ``seconds``."""
+    results = []
+    for index, failure in enumerate(population.failures):
+        result = CellResult(wall_time_s=seconds / population.n_members, mode="population")
+        result.failure = None if failure is None else str(failure)
+        if callback is not None and failure is None:
+            result.curve_nominal, result.curve_timesteps = list(callback.timesteps), list(callback.reached)
+            result.curve_returns = [float(value) for value in callback.scores[:, index]] if len(callback.scores) else []
+            result.episode_timesteps = list(population.episode_timesteps[index])
+            result.episode_returns = list(population.episode_returns[index])
+        results.append(result)
+    return results
 
 
 def _train_solo(
