@@ -590,10 +590,15 @@ def test_two_commands_on_one_postgresql_study_run_every_cell_exactly_once(tmp_pa
 STARTER = """
 import importlib.util, os, sys, time
 from pathlib import Path
-# storage.py alone (optuna, no torch): three interpreters importing torch on two busy cores would not start together
-spec = importlib.util.spec_from_file_location("storage", sys.argv[3])
-storage = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(storage)
+# storage.py and liveness.py alone (optuna, no torch): three interpreters importing torch on two busy cores would not
+# start together
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+load("sb3_ppo_variants.studies.liveness", sys.argv[3].replace("storage.py", "liveness.py"))
+storage = load("storage", sys.argv[3])
 ready = Path(sys.argv[2])
 (ready / str(os.getpid())).touch()
 deadline = time.time() + 120

@@ -87,7 +87,7 @@ def open_storage(
     :param storage: None (a journal file ``study.log`` in ``out_dir``), a ``.log`` or ``.db`` path
         (relative paths are taken as they are), or a database URL
     :param out_dir: where the default journal file goes
-    :param heartbeat_interval: seconds between heartbeats of a running trial (database URLs only); a
+    :param heartbeat_interval: seconds between heartbeats of a running trial (SQLite and database URLs); a
         trial silent for twice that is failed and, up to ``max_retry`` times, enqueued again
     :param attempts: how many times to retry the creation of Optuna's tables on a shared database
     :raises StorageError: for a malformed argument or a database that does not connect

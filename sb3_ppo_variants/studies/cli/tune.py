@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat-interval",
         type=positive,
         default=60,
-        help="seconds between heartbeats of a running trial (database URLs only); a trial silent for twice that is "
+        help="seconds between heartbeats of a running trial (SQLite, database URLs); a trial silent for twice that is "
         "failed and retried",
     )
     parser.add_argument("--torch-threads", type=positive, default=1, help="torch threads per worker (default 1)")
