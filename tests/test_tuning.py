@@ -295,6 +295,39 @@ def test_recover_stale_trials_fails_and_requeues_only_trials_of_dead_workers(tmp
     assert recover_stale_trials(study) == [], "a second pass finds nothing more"
 
 
+BEATING_WORKER = """
+import importlib.util, os, signal, sys, optuna
+def load(name, path):  # storage.py and liveness.py alone (optuna, no torch): quick to start
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+load("sb3_ppo_variants.studies.liveness", "sb3_ppo_variants/studies/liveness.py")
+storage = load("storage", "sb3_ppo_variants/studies/storage.py").open_storage(sys.argv[1], heartbeat_interval=1)
+study = optuna.load_study(study_name="s", storage=storage)
+number = study.ask().number
+trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), number)
+storage.record_heartbeat(trial_id)  # what study.optimize's heartbeat thread does, once
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_on_sqlite_a_trial_whose_worker_stopped_beating_is_failed_and_enqueued_again(tmp_path):
+    path = str(tmp_path / "study.db")
+    study = optuna.create_study(study_name="s", storage=open_storage(path, heartbeat_interval=1))
+    worker = subprocess.run([sys.executable, "-c", BEATING_WORKER, path], cwd=REPO, timeout=120, capture_output=True)
+    assert worker.returncode == -signal.SIGKILL, worker.stderr
+    (killed,) = study.get_trials()
+    assert killed.state == TrialState.RUNNING
+    deadline = time.monotonic() + 30  # stale after the grace period, twice the heartbeat interval
+    while study.get_trials()[0].state == TrialState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.5)
+        recover_stale_trials(study)
+    killed, retry = study.get_trials()
+    assert killed.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry.system_attrs["failed_trial"] == killed.number
+
+
 # --- bad input: a clear error before any training ------------------------------------------------------
 
 
