@@ -16,8 +16,11 @@ two trials with one cell, only the lower-numbered can ever run it: its worker se
 other's sees it (WAITING or RUNNING). A trial that keeps nothing, or that Optuna created because the queue ran
 dry, ends PRUNED (``duplicate_of``, ``idle``) without training.
 
-**Resuming**: a cell with no COMPLETE, WAITING or RUNNING trial holding it -- never run, FAILED (an error, an
-interrupt), or its worker dead -- is enqueued again by the next command; COMPLETE cells never run again.
+**Failures and resuming**: a cell is the unit of failure: a cell whose own training raises (a non-finite loss, an
+error in its environment) is recorded in its trial's ``failures`` with the reason, and its batch's other cells
+complete. A cell with no COMPLETE, WAITING or RUNNING trial holding it -- never run, interrupted, its worker dead, or
+failed fewer than :data:`MAX_ATTEMPTS` times -- is enqueued again (the command retries a failed cell once, at
+once); COMPLETE cells never run again.
 The study's protocol (budget, evaluation frequency and episodes) is stored with the study; another protocol is
 refused (:class:`~sb3_ppo_variants.studies.storage.StudyMismatchError`), and so is another recipe for a cell that
 is already complete.
