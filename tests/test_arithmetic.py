@@ -418,7 +418,8 @@ def test_fine_tuning_beats_the_reference_and_writes_a_report(reference, tmp_path
     (run_result,) = results["runs"]
     assert summary["reference_held_out_accuracy"] == metadata["held_out_accuracy"]
     assert run_result["held_out_accuracy"] >= metadata["held_out_accuracy"] + 0.05, (run_result, metadata)
-    assert 0 < run_result["final_kl_ref"] < 1
+    assert 0 < run_result["kl_per_response"] < 3
+    assert run_result["evaluations"][0]["accuracy"] == summary["reference_eval_accuracy"]  # the curve starts at the reference
     report = (tmp_path / "report" / "report.md").read_text()
     assert "kl_reward" in report and f"{run_result['held_out_accuracy']:.3f}" in report
     assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
@@ -445,7 +446,7 @@ def test_a_gpt2_tokenizer_and_checkpoint_take_the_same_code_path(tmp_path):
     assert tokenizer.pad_token_id == tokenizer.eos_token_id == 14  # GPT-2 has no padding token: its end token pads
     env = ArithmeticEnv(digits=1, tokenizer=str(directory))
     assert env.action_space.n == 15 and env.pad_token_id == env.eos_token_id == 14
-    assert answer(env, "3+4=", "7")[0] == 1.0
+    assert answer(env, env.prompts[0], env.answers[0])[0] == 1.0
     special = {"pad_token_id": 14, "eos_token_id": 14, "bos_token_id": 14}
     policy = TransformerPolicy(env.observation_space, env.action_space, ConstantSchedule(0.0), model_config=TINY | special)
     policy.save_pretrained(directory, tokenizer)
