@@ -15,6 +15,7 @@ from sb3_ppo_variants.arithmetic.env import ENV_ID, ArithmeticEnv
 from sb3_ppo_variants.arithmetic.policy import TransformerPolicy
 from sb3_ppo_variants.arithmetic.pretrain import METADATA_FILE, is_pretraining_directory, pretrain_reference
 from sb3_ppo_variants.arithmetic.report import (
+    arm_hyperparams,
     arm_names,
     arm_table,
     bootstrap_interval,
@@ -190,6 +191,11 @@ def test_model_path_starts_from_a_users_model_and_leaves_it_byte_for_byte_unchan
         model_path=foreign_checkpoint, device="cpu", verbose=0,
     )  # fmt: skip
     assert snapshot(foreign_checkpoint) == before
+    # the model is the initial policy and the reference; its saved tokenizer is the environment's
+    variant, entry = arm_hyperparams(tiny_hyperparams(), "kl_loss", foreign_checkpoint)
+    assert variant == "clip_kl" and entry["kl_reference"] == entry["policy_kwargs"]["model_path"] == str(foreign_checkpoint)
+    assert entry["env_kwargs"] == {**TINY_ENV, "tokenizer": str(foreign_checkpoint)}
+    assert "tokenizer" not in arm_hyperparams(tiny_hyperparams(), "no_kl", tmp_path)[1]["env_kwargs"]
     assert summary["reference"] == str(foreign_checkpoint) and "no pretraining" in summary["reference_source"]
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     # the initial policy is the user's model: the first evaluation is the reference's accuracy, KL 0
