@@ -51,7 +51,8 @@ __all__ = [
 #: The distributions a buffer keeps per step besides the host's fields, by field name (an attribute of the buffer,
 #: (buffer_size, n_envs, d), and a field of its samples, (batch, d)). Each holds :func:`~sb3_ppo_variants.kl.
 #: distribution_params` of one policy; adding a stored distribution (say, a reference policy's) is one entry here.
-#: ``ref_dist_params`` is the frozen reference policy's (``kl_reference``); it stays zero without a reference.
+#: ``ref_dist_params`` is the frozen reference policy's (``kl_reference``), kept only where the exact KL to it is needed
+#: in the update (``keeps_reference_rows``): elsewhere it is None, in the buffer and in the samples.
 STORED_DISTRIBUTIONS: tuple[str, ...] = ("old_dist_params", "ref_dist_params")
 
 _RECURRENT = (RecurrentRolloutBuffer, RecurrentDictRolloutBuffer)
@@ -94,9 +95,17 @@ class OldDistributionBufferMixin:
     """Adds the :data:`STORED_DISTRIBUTIONS` fields, (buffer_size, n_envs, d) each, to a host rollout buffer."""
 
     old_dist_params: np.ndarray
-    ref_dist_params: np.ndarray
-    #: (buffer_size, n_envs) KL(pi_old || pi_ref) of each step at collection, where there is a reference policy
+    ref_dist_params: np.ndarray | None
+    #: whether ``ref_dist_params`` is kept: the reference's full rows per step (for a language model, a vocabulary's
+    #: width per token), needed only for the exact KL to the reference in the update
+    keeps_reference_rows: bool = False
+    #: (buffer_size, n_envs) the KL to the reference of each step at collection, where there is a reference policy: the
+    #: exact KL(pi_old || pi_ref), or the estimate at the sampled action that a reward placement subtracts
     reference_kl: np.ndarray
+    #: (buffer_size, n_envs) log pi_ref(a_t | s_t) of the action taken, where there is a reference policy
+    reference_log_prob: np.ndarray
+    #: (n_envs,) the ``dones`` after the last step of the rollout (given to ``compute_returns_and_advantage``)
+    last_dones: np.ndarray
     #: beta of a KL to the reference subtracted from each step's reward before GAE (``kl_reference_in="reward"``)
     reward_kl_coef: float = 0.0
     #: (d,) the parameters a padded step gets (see :func:`neutral_distribution_params`)
@@ -113,8 +122,12 @@ class OldDistributionBufferMixin:
             dist = make_masked_proba_distribution(space) if isinstance(self, _MASKABLE) else make_proba_distribution(space)
             self.neutral_dist_params = neutral_distribution_params(dist)
         for name in STORED_DISTRIBUTIONS:
-            setattr(self, name, np.zeros((self.buffer_size, self.n_envs, len(self.neutral_dist_params)), dtype=np.float32))
+            kept = name != "ref_dist_params" or self.keeps_reference_rows
+            shape = (self.buffer_size, self.n_envs, len(self.neutral_dist_params))
+            setattr(self, name, np.zeros(shape, dtype=np.float32) if kept else None)
         self.reference_kl = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self.reference_log_prob = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        self.last_dones = np.zeros(self.n_envs, dtype=np.float32)
         super().reset()  # type: ignore[misc]
 
     def store_distribution(self, name: str, params: th.Tensor) -> None:
@@ -129,11 +142,19 @@ class OldDistributionBufferMixin:
         """Record the collecting policy's distribution of the step about to be added (call before ``add``)."""
         self.store_distribution("old_dist_params", params)
 
-    def store_reference_kl(self, kl: th.Tensor) -> None:
-        """Record KL(pi_old || pi_ref) of the step about to be added, (n_envs,) (call before ``add``)."""
+    def store_reference_step(self, log_prob: th.Tensor, kl: th.Tensor) -> None:
+        """Record, for the step about to be added (call before ``add``), the reference's log-probability of the
+        action taken and the KL to the reference (see :attr:`reference_kl`), (n_envs,) each."""
+        self.reference_log_prob[self.pos] = log_prob.reshape(self.n_envs).cpu().numpy()
         self.reference_kl[self.pos] = kl.reshape(self.n_envs).cpu().numpy()
 
+    def responses(self) -> int:
+        """The number of episodes (responses, for a language model) that ended within the rollout."""
+        ended_inside = self.episode_starts[1:].sum()  # type: ignore[attr-defined]
+        return int(ended_inside + np.sum(self.last_dones))
+
     def compute_returns_and_advantage(self, last_values: th.Tensor, dones: np.ndarray) -> None:
+        self.last_dones = np.asarray(dones, dtype=np.float32).reshape(self.n_envs)
         # TRL's PPO: the KL penalty to the reference is part of each step's reward, so GAE spreads it.
         if self.reward_kl_coef:
             self.rewards = self.rewards - self.reward_kl_coef * self.reference_kl
@@ -142,14 +163,18 @@ class OldDistributionBufferMixin:
     def get(self, batch_size: int | None = None) -> Generator[Any, None, None]:
         if not self.generator_ready:
             for name in STORED_DISTRIBUTIONS:
-                setattr(self, name, self.swap_and_flatten(getattr(self, name)))  # type: ignore[attr-defined]
+                if getattr(self, name) is not None:
+                    setattr(self, name, self.swap_and_flatten(getattr(self, name)))  # type: ignore[attr-defined]
         yield from super().get(batch_size)  # type: ignore[misc]
 
     def _get_samples(self, batch_inds: np.ndarray, *args: Any, **kwargs: Any) -> Any:
         # The base's signature passes through: (batch_inds, env) for SB3's and the maskable buffers,
         # (batch_inds, env_change, env) for the recurrent ones.
         samples = super()._get_samples(batch_inds, *args, **kwargs)  # type: ignore[misc]
-        stored = [self._stored_samples(getattr(self, name)[batch_inds], samples) for name in STORED_DISTRIBUTIONS]
+        stored = [
+            None if getattr(self, name) is None else self._stored_samples(getattr(self, name)[batch_inds], samples)
+            for name in STORED_DISTRIBUTIONS
+        ]
         return samples_with_distributions(type(samples))(*samples, *stored)
 
     def _stored_samples(self, values: np.ndarray, samples: Any) -> th.Tensor:

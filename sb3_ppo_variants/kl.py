@@ -51,11 +51,14 @@ KLEstimatorFn = Callable[[th.Tensor], th.Tensor]
 #: forward KL(pi_old || pi) = E[-log r]: k1 = -log r, k2 = (log r)^2 / 2, k3 = (r - 1) - log r;
 #: reverse KL(pi || pi_old) = E[r log r]: k1 = r log r, k2 = r (log r)^2 / 2, k3 = r log r - (r - 1).
 #: k1 and k3 are unbiased in both directions (E[r - 1] = 0 under pi_old), k3 is >= 0, k2 is biased with low variance.
+#: Forward also has TRL's ``"abs"``, |log r| (biased; TRL offers it for the KL to a reference in the reward).
 SAMPLED_KL_ESTIMATORS: dict[str, dict[str, KLEstimatorFn]] = {
     "forward": {
         "k1": lambda log_ratio: -log_ratio,
         "k2": lambda log_ratio: 0.5 * log_ratio**2,
         "k3": lambda log_ratio: th.expm1(log_ratio) - log_ratio,
+        # TRL's "abs" penalty: |log r|, biased, >= 0 (offered for the KL to a reference in the reward)
+        "abs": lambda log_ratio: log_ratio.abs(),
     },
     "reverse": {
         "k1": lambda log_ratio: th.exp(log_ratio) * log_ratio,
@@ -121,13 +124,24 @@ def register_kl_estimator(
 def categorical_kl(old_logits: th.Tensor, new_logits: th.Tensor) -> th.Tensor:
     """KL(p || q) = sum_a p(a) (log p(a) - log q(a)) for categorical distributions given by logits.
 
+    Half-precision logits are computed in float32, as in :func:`masked_categorical_kl` (the KL is a difference of
+    two log-probabilities, which bfloat16 keeps to about two digits).
+
     :param old_logits: (batch, n) unnormalised log-probabilities of p
     :param new_logits: (batch, n) unnormalised log-probabilities of q
-    :return: (batch,)
+    :return: (batch,), float32 for half-precision logits
     """
+    old_logits, new_logits = _upcast_half(old_logits, new_logits)
     old_log_p = th.log_softmax(old_logits, dim=-1)
     new_log_p = th.log_softmax(new_logits, dim=-1)
     return (old_log_p.exp() * (old_log_p - new_log_p)).sum(dim=-1)
+
+
+def _upcast_half(*tensors: th.Tensor) -> tuple[th.Tensor, ...]:
+    """The tensors in float32 where any is half precision (float16, bfloat16); unchanged otherwise."""
+    if any(t.dtype in (th.float16, th.bfloat16) for t in tensors):
+        return tuple(t.float() for t in tensors)
+    return tensors
 
 
 def masked_categorical_kl(old_logits: th.Tensor, new_logits: th.Tensor, masks: th.Tensor | None) -> th.Tensor:
@@ -147,8 +161,7 @@ def masked_categorical_kl(old_logits: th.Tensor, new_logits: th.Tensor, masks: t
     """
     if masks is None:
         return categorical_kl(old_logits, new_logits)
-    if new_logits.dtype in (th.float16, th.bfloat16):
-        old_logits, new_logits = old_logits.float(), new_logits.float()
+    old_logits, new_logits = _upcast_half(old_logits, new_logits)
     old_log_p = th.log_softmax(old_logits, dim=-1)
     new_log_p = th.log_softmax(new_logits, dim=-1)
     terms = old_log_p.exp() * (old_log_p - new_log_p)
@@ -175,11 +188,19 @@ def diag_gaussian_kl(old_mean: th.Tensor, old_std: th.Tensor, new_mean: th.Tenso
 
     KL = sum_i log(s1_i / s0_i) + (s0_i^2 + (m0_i - m1_i)^2) / (2 s1_i^2) - 1/2
 
+    The log term is ``2 (log s0 - log s1)``, not ``log(s0^2 / s1^2)``: the squared ratio under- or overflows (and its
+    log loses the digits) long before the difference of logs does.
+
+    :param old_mean: (batch, n)
+    :param old_std: (batch, n), > 0
+    :param new_mean: (batch, n)
+    :param new_std: (batch, n), > 0
     :return: (batch,)
     """
     var_ratio = (old_std / new_std) ** 2
     mean_term = ((old_mean - new_mean) / new_std) ** 2
-    return 0.5 * (var_ratio + mean_term - 1.0 - th.log(var_ratio)).sum(dim=-1)
+    log_var_ratio = 2.0 * (th.log(old_std) - th.log(new_std))
+    return 0.5 * (var_ratio + mean_term - 1.0 - log_var_ratio).sum(dim=-1)
 
 
 def _gaussian(dist: Distribution) -> th.distributions.Normal:
@@ -220,14 +241,20 @@ def distribution_param_dim(action_space: spaces.Space) -> int:
     raise TypeError(f"Unsupported action space {action_space}")
 
 
-def exact_kl(old_params: th.Tensor, dist: Distribution) -> th.Tensor:
-    """Analytic KL(pi_old || pi) per state.
+def exact_kl(old_params: th.Tensor, dist: Distribution, direction: str = "forward") -> th.Tensor:
+    """Analytic KL(pi_old || pi) per state (``direction="forward"``, the PPO paper's), or KL(pi || pi_old)
+    (``"reverse"``, computed by :func:`reference_kl` with pi_old as the reference).
 
     :param old_params: (batch, d) from :func:`distribution_params` at collection time
     :param dist: SB3 distribution of the current policy on the same states (a masked one under the masks of
         collection time)
+    :param direction: one of :data:`KL_DIRECTIONS`
     :return: (batch,)
     """
+    if direction != "forward":
+        if direction == "reverse":
+            return reference_kl(dist, old_params)
+        raise ValueError(f"kl_direction must be one of {KL_DIRECTIONS}, got {direction!r}")
     if isinstance(dist, CategoricalDistribution):
         return categorical_kl(old_params, dist.distribution.logits)
     if isinstance(dist, MaskableCategoricalDistribution):

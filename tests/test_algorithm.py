@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
+from typing import Any
 
 import pytest
 import torch as th
 from helpers import PLAIN_VARIANTS
 from helpers import params as _params
 from helpers import recorded as _recorded
+from sb3_contrib import MaskablePPO, RecurrentPPO
+from sb3_contrib.common.envs import InvalidActionEnvDiscrete
 from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_ppo_variants import (
     KLPPO,
@@ -20,10 +25,14 @@ from sb3_ppo_variants import (
     ClipKLPPO,
     ClipPPO,
     FixedKLController,
+    KLController,
+    MaskableVariantPPO,
     NonFiniteLossError,
+    RecurrentVariantPPO,
     VariantPPO,
 )
 from sb3_ppo_variants.schedules import LinearSchedule
+from sb3_ppo_variants.settings import VariantSettings
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
@@ -153,11 +162,13 @@ BAD_ARGUMENTS = [
     ({"ent_coef": [0.1]}, TypeError, "ent_coef must be a float"),
     ({"ent_coef": None}, TypeError, "ent_coef"),
     ({"kl_coef": -1.0}, ValueError, "kl_coef must be >= 0"),
-    ({"kl_target": 0.0}, ValueError, "kl_target must be > 0"),
-    ({"kl_target": -0.01}, ValueError, "kl_target must be > 0"),
+    ({"kl_target": 0.0}, ValueError, "kl_target must be a float > 0"),
+    ({"kl_target": -0.01}, ValueError, "kl_target must be a float > 0"),
     ({"kl_target": "0.01"}, TypeError, "kl_target must be a float"),
-    ({"kl_estimator": "k4"}, ValueError, r"kl_estimator must be one of \('exact', 'k1', 'k2', 'k3'\), got 'k4'"),
-    ({"surrogate": "dual"}, ValueError, "surrogate must be one of"),
+    ({"kl_estimator": "k4"}, ValueError, r"kl_estimator must be one of \('exact', 'k1', 'k2', 'k3'.*\), got 'k4'"),
+    ({"surrogate": "dual"}, ValueError, r"surrogate must be one of the registered names \[.*'spo'.*\] or a function"),
+    ({"kl_direction": "backward"}, ValueError, r"kl_direction must be one of \('forward', 'reverse'\), got 'backward'"),
+    ({"kl_penalty": "fixed", "kl_estimator": "abs", "kl_direction": "reverse"}, ValueError, "for a sampled reverse KL"),
     ({"surrogate": "dual_clip", "dual_clip": 1.0}, ValueError, "dual_clip must be a float > 1"),
     ({"kl_penalty": "adaptive"}, ValueError, "kl_target must be given"),
     ({"kl_penalty": "adaptive", "kl_target": 0.01, "kl_coef": 0.0}, ValueError, "initial beta"),
@@ -188,11 +199,61 @@ def test_dual_clip_surrogate_trains_and_differs_from_clipping_only_through_the_b
     assert not th.allclose(tight, clipped)  # a bound just above 1 binds
 
 
-def test_clip_ppo_fixes_its_terms() -> None:
-    with pytest.raises(TypeError, match="surrogate"):
-        ClipPPO("MlpPolicy", "CartPole-v1", surrogate="unclipped")
+def test_named_variants_fix_their_terms_by_defaults() -> None:
+    # a named variant is its host base with other defaults: the same signature, its switches still settable
+    assert (ClipPPO("MlpPolicy", "CartPole-v1").surrogate, ClipPPO("MlpPolicy", "CartPole-v1").kl_penalty) == (
+        "clipped",
+        "none",
+    )
+    assert ClipPPO("MlpPolicy", "CartPole-v1", surrogate="spo").surrogate == "spo"
     assert ClipKLPPO("MlpPolicy", "CartPole-v1", kl_target=0.02).kl_penalty == "adaptive"
     assert ClipKLPPO("MlpPolicy", "CartPole-v1").kl_penalty == "fixed"
+    assert ClipKLPPO("MlpPolicy", "CartPole-v1").kl_coef == 0.2
+    assert AdaptiveKLPPO("MlpPolicy", "CartPole-v1").kl_target == 0.01
+
+
+def _host(cls: type) -> type:
+    return next(base for base in cls.__mro__ if base in (PPO, MaskablePPO, RecurrentPPO))
+
+
+ALL_CLASSES = [*VARIANTS.values(), VariantPPO, MaskableVariantPPO, RecurrentVariantPPO]
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES, ids=lambda c: c.__name__)
+def test_signature_is_the_hosts_then_our_settings_keyword_only(cls: type) -> None:
+    ours = list(inspect.signature(cls).parameters.values())
+    theirs = list(inspect.signature(_host(cls)).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in ours[: len(theirs)]] == [(p.name, p.kind, p.default) for p in theirs]
+    settings = ours[len(theirs) :]
+    assert [p.name for p in settings] == list(VariantSettings.names())
+    assert all(p.kind is p.KEYWORD_ONLY for p in settings)
+    # the signature shows the class's own defaults
+    defaults = {**VariantSettings.defaults(), **cls.defaults}
+    assert {p.name: p.default for p in settings} == defaults
+
+
+def test_a_positional_learning_rate_is_the_learning_rate() -> None:
+    # the named variants used to take kl_coef in third place, silently
+    model = KLPPO("MlpPolicy", "CartPole-v1", 1e-3)
+    assert (model.learning_rate, model.kl_coef) == (1e-3, 1.0)
+    assert ClipPPO("MlpPolicy", "CartPole-v1", 1e-3, 64).n_steps == 64
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_a_positional_call_trains_to_the_keyword_calls_parameters(name: str) -> None:
+    cls = VARIANTS[name]
+    policy = "MlpLstmPolicy" if issubclass(cls, RecurrentPPO) else "MlpPolicy"
+
+    def env() -> Any:
+        return InvalidActionEnvDiscrete(dim=10, n_invalid_actions=4) if issubclass(cls, MaskablePPO) else "CartPole-v1"
+
+    chosen = {"learning_rate": 1e-3, "n_steps": 32, "batch_size": 16, "n_epochs": 2, "ent_coef": 0.01, "seed": 4}
+    host_parameters = list(inspect.signature(_host(cls)).parameters.values())[2:]
+    positional = [chosen.get(p.name, p.default) for p in host_parameters]
+    by_position = _params(cls(policy, env(), *positional).learn(64))
+    by_keyword = _params(cls(policy=policy, env=env(), **chosen).learn(64))
+    assert th.equal(by_position, by_keyword)
+    assert not th.equal(by_position, _params(cls(policy, env(), seed=4)))  # it trained
 
 
 def test_non_finite_loss_stops_learning_and_names_the_term() -> None:
@@ -210,3 +271,46 @@ def test_non_finite_loss_error_is_a_value_error() -> None:
     # rl-zoo3's objective prunes a trial on ValueError/AssertionError only; the name and the FloatingPointError stay.
     assert issubclass(NonFiniteLossError, ValueError)
     assert issubclass(NonFiniteLossError, FloatingPointError)
+
+
+class HalvingKLController(KLController):
+    """A user's controller: beta halves after every update, and it counts the updates it saw (its state)."""
+
+    def __init__(self, initial: float):
+        self.value = initial
+        self.updates = 0
+        self.steps_seen = 0
+
+    def begin_update(self, progress_remaining: float) -> float:
+        return self.value
+
+    def end_update(self, kl: float, n_steps: int) -> None:
+        self.value /= 2
+        self.updates += 1
+        self.steps_seen += n_steps
+
+
+def test_kl_penalty_takes_a_controller_object_whose_state_is_saved(tmp_path) -> None:
+    controller = HalvingKLController(0.8)
+    model = KLPPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, kl_penalty=controller, seed=0)
+    assert model.kl_controller is controller and model.kl_penalty is controller
+    logger = _recorded(model)
+    model.learn(192)
+    logger.flush_pending()
+    assert (controller.updates, controller.steps_seen, controller.value) == (3, 192, 0.1)
+    assert logger.history["train/kl_coef"] == [0.8, 0.4, 0.2]  # the beta of each update, as the controller gave it
+    model.save(tmp_path / "model.zip")
+    loaded = KLPPO.load(tmp_path / "model.zip")
+    assert isinstance(loaded.kl_controller, HalvingKLController) and loaded.kl_penalty is loaded.kl_controller
+    assert (loaded.kl_controller.updates, loaded.kl_controller.value) == (3, 0.1)
+    loaded.set_env(make_vec_env("CartPole-v1"))
+    loaded.learn(64, reset_num_timesteps=False)
+    assert (loaded.kl_controller.updates, loaded.kl_controller.value) == (4, 0.05)
+
+
+def test_a_built_in_controller_object_is_the_string_setting() -> None:
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=2, seed=0)
+    by_name = AdaptiveKLPPO("MlpPolicy", "CartPole-v1", kl_coef=0.5, kl_target=1e-4, **kwargs).learn(192)
+    by_object = KLPPO("MlpPolicy", "CartPole-v1", kl_penalty=AdaptiveKLController(0.5, 1e-4), **kwargs).learn(192)
+    assert by_object.kl_controller.value == by_name.kl_controller.value != 0.5
+    assert th.equal(_params(by_object), _params(by_name))

@@ -130,8 +130,8 @@ def test_recurrent_padding_is_neutral_and_gives_finite_kl_and_gradients(env_id: 
     model.learn(32)
     buffer = model.rollout_buffer
     inds = np.arange(4, 26)  # from env 0's steps (12) into env 1's (10): two sequences of unequal length
-    data = model.host.ordered_samples(buffer, inds)
-    valid = model.host.valid(data)
+    data = model._ordered_samples(inds)
+    valid = model._valid(data)
     assert (~valid).sum() > 0, "the minibatch must contain padding"
     neutral = th.as_tensor(buffer.neutral_dist_params)
     assert th.equal(data.old_dist_params[~valid], neutral.expand(int((~valid).sum()), -1))
@@ -140,7 +140,7 @@ def test_recurrent_padding_is_neutral_and_gives_finite_kl_and_gradients(env_id: 
         assert neutral.tolist() == [0.0, 1.0]  # mean 0, std 1: a zero std would give KL = inf
 
     model.policy.set_training_mode(True)
-    model.host.evaluate(model.policy, data, model._actions(data.actions))
+    model._evaluate(data, model._actions(data.actions))
     per_step = exact_kl(data.old_dist_params, model.policy.action_dist)
     assert th.isfinite(per_step).all()
     kl = per_step[valid].mean()
@@ -149,7 +149,7 @@ def test_recurrent_padding_is_neutral_and_gives_finite_kl_and_gradients(env_id: 
     grads = [p.grad for p in model.policy.parameters() if p.grad is not None]
     assert grads and all(th.isfinite(g).all() for g in grads)
     # The padded steps add exactly nothing: the penalty is the mean over the real steps alone.
-    model.host.evaluate(model.policy, data, model._actions(data.actions))
+    model._evaluate(data, model._actions(data.actions))
     real = exact_kl(data.old_dist_params, model.policy.action_dist)[valid]
     assert kl.item() == real.mean().item()
 

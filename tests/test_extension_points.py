@@ -98,3 +98,112 @@ def test_register_kl_estimator() -> None:
     finally:
         kl.SAMPLED_KL_ESTIMATORS["forward"].pop("test_half_k2", None)
     assert "test_half_k2" not in kl.KL_ESTIMATORS
+
+
+# --- Through the algorithms: the public route only ----------------------------------------------------------------
+
+SMALL = {"n_steps": 64, "batch_size": 32, "n_epochs": 3, "learning_rate": 3e-3, "seed": 3}
+
+
+def _trained(cls: type, env_id: str = "CartPole-v1", **kwargs: object) -> th.Tensor:
+    model = cls("MlpPolicy", env_id, **{**SMALL, **kwargs}).learn(128)
+    return th.nn.utils.parameters_to_vector(model.policy.parameters()).detach().clone()
+
+
+def _my_clipped(ratio: th.Tensor, advantages: th.Tensor, clip_range: float) -> th.Tensor:
+    # a user's copy of the clipped surrogate, written from the paper (the operations of SB3's PPO.train)
+    unclipped = advantages * ratio
+    clipped = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    return -th.min(unclipped, clipped).mean(dim=-1)
+
+
+def _my_dual_clip(ratio: th.Tensor, advantages: th.Tensor, clip_range: float, dual_clip: float = 3.0) -> th.Tensor:
+    clipped = th.min(advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range))
+    return -th.where(advantages < 0, th.max(clipped, dual_clip * advantages), clipped).mean(dim=-1)
+
+
+@pytest.mark.parametrize("name", ["clip", "maskable_clip", "recurrent_clip"])
+def test_a_user_registered_copy_of_the_clipped_term_trains_to_the_same_parameters(name: str) -> None:
+    from sb3_contrib.common.envs import InvalidActionEnvDiscrete
+
+    from sb3_ppo_variants import VARIANTS
+
+    cls = VARIANTS[name]
+    policy = "MlpLstmPolicy" if name.startswith("recurrent") else "MlpPolicy"
+
+    def env() -> object:
+        return InvalidActionEnvDiscrete(dim=10, n_invalid_actions=4) if name.startswith("maskable") else "CartPole-v1"
+
+    losses.register_surrogate("test_my_clipped", _my_clipped)
+    try:
+        built_in = cls(policy, env(), **SMALL).learn(128)
+        mine = cls(policy, env(), surrogate="test_my_clipped", **SMALL).learn(128)
+        by_function = cls(policy, env(), surrogate=_my_clipped, **SMALL).learn(128)
+    finally:
+        losses.SURROGATES.pop("test_my_clipped")
+    vectors = [th.nn.utils.parameters_to_vector(m.policy.parameters()) for m in (built_in, mine, by_function)]
+    assert th.equal(vectors[0], vectors[1]) and th.equal(vectors[0], vectors[2])
+
+
+def test_a_user_term_gets_its_own_settings_by_keyword() -> None:
+    from sb3_ppo_variants import VariantPPO
+
+    built_in = _trained(VariantPPO, surrogate="dual_clip", dual_clip=1.05)
+    mine = _trained(VariantPPO, surrogate=_my_dual_clip, dual_clip=1.05)
+    assert th.equal(built_in, mine)
+    assert not th.equal(mine, _trained(VariantPPO, surrogate=_my_dual_clip))  # its default 3.0 would not bind here
+
+
+def test_spo_by_name_trains_and_differs_from_the_clipped_term() -> None:
+    from sb3_ppo_variants import ClipPPO, VariantPPO
+
+    spo = _trained(VariantPPO, surrogate="spo")
+    assert th.isfinite(spo).all()
+    assert not th.equal(spo, _trained(ClipPPO))
+
+
+def test_reverse_exact_kl_by_hand() -> None:
+    from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
+
+    # pi_old = (0.5, 0.5), pi = (0.25, 0.75): KL(pi || pi_old) = 0.25 log(0.5) + 0.75 log(1.5)
+    old = th.tensor([[0.5, 0.5]], dtype=th.float64).log()
+    dist = CategoricalDistribution(2).proba_distribution(th.tensor([[0.25, 0.75]], dtype=th.float64).log())
+    reverse = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    forward = 0.5 * math.log(2.0) + 0.5 * math.log(0.5 / 0.75)
+    assert kl.exact_kl(old, dist, "reverse").item() == pytest.approx(reverse, rel=1e-12)
+    assert kl.exact_kl(old, dist).item() == pytest.approx(forward, rel=1e-12)
+    assert kl.exact_kl(old, CategoricalDistribution(2).proba_distribution(old), "reverse").item() == 0.0
+    # Gaussians: KL(N(1, 2) || N(0, 1)) = log(1/2) + (4 + 1) / 2 - 1/2
+    gaussian = DiagGaussianDistribution(1).proba_distribution(th.ones(1, 1, dtype=th.float64), th.full((1, 1), math.log(2.0)))
+    old_gaussian = th.tensor([[0.0, 1.0]], dtype=th.float64)
+    assert kl.exact_kl(old_gaussian, gaussian, "reverse").item() == pytest.approx(math.log(0.5) + 2.0, rel=1e-12)
+    with pytest.raises(ValueError, match="kl_direction must be one of"):
+        kl.exact_kl(old, dist, "sideways")
+
+
+@pytest.mark.parametrize("estimator", ["exact", "k3"])
+def test_kl_direction_reverse_penalises_the_reverse_kl(estimator: str) -> None:
+    from helpers import recorded
+
+    from sb3_ppo_variants import KLPPO
+
+    penalties = {}
+    for direction in ("forward", "reverse"):
+        model = KLPPO("MlpPolicy", "Pendulum-v1", kl_estimator=estimator, kl_direction=direction, **SMALL)
+        logger = recorded(model)
+        model.learn(128)
+        logger.flush_pending()
+        penalties[direction] = logger.history["train/kl_penalty"]
+        assert model.kl_direction == direction
+        # train/kl is the exact KL of the chosen direction, >= 0
+        assert all(value >= 0 for value in logger.history["train/kl"])
+    # the first minibatch of each run is identical (ratio 1 gives 0 in both directions); later ones differ
+    assert penalties["forward"] != penalties["reverse"]
+
+
+def test_kl_direction_with_a_reference_is_refused(tmp_path) -> None:
+    from sb3_ppo_variants import ClipKLPPO, ClipPPO
+
+    reference = ClipPPO("MlpPolicy", "CartPole-v1").policy
+    with pytest.raises(ValueError, match="kl_direction='reverse' applies to the KL to pi_old"):
+        ClipKLPPO("MlpPolicy", "CartPole-v1", kl_reference=reference, kl_direction="reverse")

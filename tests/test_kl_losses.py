@@ -170,3 +170,24 @@ def test_value_and_entropy_losses_hand_computed() -> None:
     assert losses.value_loss(values, old, returns, clip_range_vf=0.5).item() == pytest.approx((1.5**2 + 1.5**2) / 2)
     assert losses.entropy_loss(th.tensor([0.5, 1.5]), th.zeros(2)).item() == pytest.approx(-1.0)
     assert losses.entropy_loss(None, th.tensor([-1.0, -3.0])).item() == pytest.approx(-2.0)
+
+
+def test_categorical_kl_upcasts_half_precision_logits() -> None:
+    generator = th.Generator().manual_seed(0)
+    p_logits = (th.randn(64, 16, generator=generator) * 3).to(th.bfloat16)
+    q_logits = (p_logits.float() + 0.05 * th.randn(64, 16, generator=generator)).to(th.bfloat16)
+    exact = categorical_kl(p_logits.double(), q_logits.double())  # the same bfloat16 values, in float64
+    kl = categorical_kl(p_logits, q_logits)
+    assert kl.dtype == th.float32
+    # computed in float32 from the same inputs: float32 rounding of log-probabilities of size ~10 (about 1e-6 each)
+    assert th.allclose(kl.double(), exact, rtol=1e-3, atol=1e-5)
+    # in bfloat16 itself the KL, a difference of log-probabilities, keeps about two digits
+    in_bfloat16 = (th.log_softmax(p_logits, -1).exp() * (th.log_softmax(p_logits, -1) - th.log_softmax(q_logits, -1))).sum(-1)
+    assert not th.allclose(in_bfloat16.double(), exact, rtol=1e-3, atol=1e-5)
+
+
+def test_diag_gaussian_kl_takes_the_log_of_each_std() -> None:
+    # KL(N(0, s0) || N(0, s1)) = log(s1 / s0) + s0^2 / (2 s1^2) - 1/2, with s0 = 1e-20, s1 = 1e20 in float32:
+    # (s0 / s1)^2 = 1e-80 underflows to 0, and log(0) would make the KL infinite; 2 (log s0 - log s1) does not.
+    kl = diag_gaussian_kl(th.zeros(1, 1), th.full((1, 1), 1e-20), th.zeros(1, 1), th.full((1, 1), 1e20))
+    assert kl.item() == pytest.approx(40 * math.log(10) - 0.5, rel=1e-6)  # float32 logs of 1e+-20: ~1e-7 relative

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch as th
+from helpers import recorded as _recorded
+from sb3_contrib.common.envs import InvalidActionEnvDiscrete
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
     DiagGaussianDistribution,
     MultiCategoricalDistribution,
 )
+from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_ppo_variants import KLPPO, VARIANTS, ClipKLPPO, ClipPPO, ProportionalKLController
-from sb3_ppo_variants.hosts import RecurrentPPOHost
+from sb3_ppo_variants import (
+    KLPPO,
+    VARIANTS,
+    ClipKLPPO,
+    ClipPPO,
+    MaskableClipKLPPO,
+    MaskableClipPPO,
+    MaskableVariantPPO,
+    ProportionalKLController,
+)
 from sb3_ppo_variants.kl import distribution_params, reference_kl
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "seed": 0}
@@ -140,13 +153,14 @@ def test_reference_policy_object_is_copied_and_survives_save_load(tmp_path):
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_every_variant_takes_the_reference_settings(name, tmp_path):
     cls = VARIANTS[name]
-    if isinstance(cls.host, RecurrentPPOHost):
+    if not cls.supports_reference:
         message = "needs a KL penalty" if cls.variant == "clip" else "kl_reference is not supported on RecurrentPPO hosts"  # type: ignore[attr-defined]
         with pytest.raises(ValueError, match=message):
             cls("MlpLstmPolicy", "CartPole-v1", kl_reference=_reference_file(tmp_path), **SMALL)
         return
     # a policy file of the same host's policy class (SB3's policy.load builds the class it is called on)
-    clip_class = next(c for c in VARIANTS.values() if c.host is cls.host and c.variant == "clip")  # type: ignore[attr-defined]
+    maskable = issubclass(cls, MaskableVariantPPO)
+    clip_class = next(c for c in VARIANTS.values() if issubclass(c, MaskableVariantPPO) == maskable and c.variant == "clip")  # type: ignore[attr-defined]
     path = _reference_file(tmp_path, clip_class)
     if cls.variant == "clip":  # type: ignore[attr-defined]
         with pytest.raises(ValueError, match=r"kl_reference=.* needs a KL penalty"):
@@ -175,3 +189,76 @@ def test_reference_bad_input(tmp_path):
         ClipKLPPO("MlpPolicy", "CartPole-v1", kl_penalty="proportional")
     with pytest.raises(ValueError, match="kl_horizon must be"):
         ClipKLPPO("MlpPolicy", "CartPole-v1", kl_penalty="proportional", kl_target=0.1, kl_horizon=0)
+
+
+def _masked_env() -> InvalidActionEnvDiscrete:
+    return InvalidActionEnvDiscrete(dim=10, n_invalid_actions=6)
+
+
+@pytest.mark.parametrize("place", ["loss", "reward"])
+def test_reference_on_a_maskable_host_is_evaluated_under_the_masks_of_collection(place: str) -> None:
+    # The reference is the model's own initial policy and the learning rate is 0: the KL must be 0, and an adaptive
+    # beta must see it (it used to see -log(4/10) = 0.916: the unmasked reference against the masked policy).
+    kwargs = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, "seed": 0, "learning_rate": 0.0}
+    reference = MaskableClipPPO("MlpPolicy", _masked_env(), **kwargs).policy
+    model = MaskableClipKLPPO(
+        "MlpPolicy", _masked_env(), kl_reference=reference, kl_reference_in=place, kl_target=0.01, kl_coef=0.5, **kwargs
+    )
+    logger = _recorded(model)
+    model.learn(64)
+    logger.flush_pending()
+    assert logger.history["train/kl_ref"] == [0.0]
+    assert not model.rollout_buffer.reference_kl.any()
+    assert model.kl_controller.value == 0.25  # KL 0 < target / 1.5: halved, not doubled
+    if place == "reward":  # k1 at the sampled token: log pi_old(a) - log pi_ref(a) = 0, and the rewards are the env's
+        np.testing.assert_array_equal(model.rollout_buffer.reference_log_prob, model.rollout_buffer.log_probs)
+
+
+def test_a_plain_policy_is_refused_as_the_reference_of_a_maskable_host() -> None:
+    with pytest.raises(ValueError, match="on a MaskablePPO host the reference must be a MaskableActorCriticPolicy"):
+        MaskableClipKLPPO("MlpPolicy", _masked_env(), kl_reference=ClipPPO("MlpPolicy", _masked_env()).policy)
+
+
+def _logits(policy, observation: np.ndarray) -> th.Tensor:
+    with th.no_grad():
+        return policy.get_distribution(th.as_tensor(observation[None])).distribution.logits
+
+
+def test_the_saved_reference_is_the_frozen_copy_not_the_source_object(tmp_path):
+    source = ClipPPO("MlpPolicy", "CartPole-v1", seed=1).policy
+    observation = np.array([0.1, -0.2, 0.03, 0.4], dtype=np.float32)
+    frozen = _logits(source, observation).clone()
+    model = ClipKLPPO("MlpPolicy", "CartPole-v1", kl_reference=source, **SMALL)
+    with th.no_grad():  # the user goes on changing the source policy after construction
+        for parameter in source.parameters():
+            parameter.add_(1.0)
+    assert th.equal(_logits(model.reference_policy, observation), frozen)
+    model.save(tmp_path / "model.zip")
+    for parameter in source.parameters():
+        parameter.data.zero_()
+    loaded = ClipKLPPO.load(tmp_path / "model.zip")
+    assert th.equal(_logits(loaded.reference_policy, observation), frozen)
+    assert all(not p.requires_grad for p in loaded.reference_policy.parameters())
+
+
+def test_a_path_reference_loads_without_its_file(tmp_path):
+    path = _reference_file(tmp_path)
+    observation = np.array([0.1, -0.2, 0.03, 0.4], dtype=np.float32)
+    model = ClipKLPPO("MlpPolicy", "CartPole-v1", kl_reference=path, **SMALL).learn(64)
+    expected = _logits(model.reference_policy, observation)
+    model.save(tmp_path / "model.zip")
+    os.remove(path)
+    loaded = ClipKLPPO.load(tmp_path / "model.zip", env=make_vec_env("CartPole-v1"))
+    assert th.equal(_logits(loaded.reference_policy, observation), expected)
+    assert "reference.pt" in repr(loaded.kl_reference)
+    loaded.learn(64, reset_num_timesteps=False)  # and trains on, anchored to it
+    assert model.logger.name_to_value["train/kl_ref"] >= 0
+
+
+def test_an_unreadable_reference_path_is_a_value_error_naming_kl_reference(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a policy")
+    with pytest.raises(ValueError, match=r"kl_reference='.*garbage.pt': cannot load a reference policy"):
+        ClipKLPPO("MlpPolicy", "CartPole-v1", kl_reference=str(garbage))
+    with pytest.raises(ValueError, match=r"kl_reference='.*nowhere': cannot load a reference policy"):
+        ClipKLPPO("MlpPolicy", "CartPole-v1", kl_reference=tmp_path / "nowhere")
