@@ -253,6 +253,7 @@ def fine_tune(
     model.learn(timesteps, callback=curves)
     model.policy.set_training_mode(False)
     final = curves.evaluations[-1]
+    controller = getattr(model, "kl_controller", None)
     results = {
         "arm": arm,
         "variant": variant,
@@ -262,6 +263,8 @@ def fine_tune(
         "held_out_accuracy": final["accuracy"],
         "kl_per_response": final["kl_per_response"],
         "tokens_per_response": final["tokens_per_response"],
+        # beta at the end (the proportional controller's adapted one), None without a KL penalty
+        "final_kl_coef": None if controller is None else float(controller.value),
         "rewards": curves.rewards,
         "evaluations": curves.evaluations,
         "seconds": time.perf_counter() - start,
@@ -347,6 +350,7 @@ def arm_table(results: list[dict[str, Any]], baseline: str = BASELINE_ARM) -> li
             "kl_interval": bootstrap_interval([r["kl_per_response"] for r in runs]),
             "tokens_per_response": float(np.mean([r["tokens_per_response"] for r in runs])),
             "seconds": float(np.mean([r["seconds"] for r in runs])),
+            "final_kl_coef": None if runs[0].get("final_kl_coef") is None else [r["final_kl_coef"] for r in runs],
         }
         paired = [r for r in runs if r["seed"] in base]
         if arm != baseline and paired:
@@ -365,6 +369,13 @@ def _fmt(interval: Sequence[float], signed: bool = False, digits: int = 3) -> st
     sign = "+" if signed else ""
     mean, low, high = interval
     return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
+def _betas(values: list[float] | None) -> str:
+    if values is None:
+        return ""
+    low, high = min(values), max(values)
+    return f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"
 
 
 def write_report(
@@ -397,8 +408,8 @@ def write_report(
         "KL(pi || pi_ref) per response (summed over its tokens) at the end, one sampled answer per held-out prompt.",
         "",
         f"| arm | variant | held-out greedy accuracy | - {BASELINE_ARM} | per seed | KL per response | - {BASELINE_ARM} "
-        "| tokens per response | s per run |",
-        "|---|---|---|---|---|---|---|---:|---:|",
+        "| tokens per response | beta at the end | s per run |",
+        "|---|---|---|---|---|---|---|---:|---|---:|",
     ]
     for row in table:
         accuracy_difference = _fmt(row["accuracy_difference"], signed=True) if "accuracy_difference" in row else ""
@@ -406,7 +417,7 @@ def write_report(
         lines.append(
             f"| {row['arm']} | {row['variant']} | {_fmt(row['accuracy_interval'])} | {accuracy_difference} | "
             f"{', '.join(f'{a:.3f}' for a in row['accuracy'])} | {_fmt(row['kl_interval'], digits=4)} | {kl_difference} | "
-            f"{row['tokens_per_response']:.2f} | {row['seconds']:.0f} |"
+            f"{row['tokens_per_response']:.2f} | {_betas(row['final_kl_coef'])} | {row['seconds']:.0f} |"
         )
     lines += [
         "",
