@@ -340,9 +340,10 @@ class Population:
 
     def _minibatch_orders(self) -> np.ndarray:
         """(n_epochs, K, N): each member's minibatch orders of one update, one call of its own generator each
-        (``Generator.permuted`` shuffles every epoch's row at once)."""
+        (``Generator.permuted`` shuffles every epoch's row at once; its cost is the shuffles themselves, ~2 ms per
+        member at N = 2048 and 10 epochs, small beside the update's)."""
         size = self.n_steps * self.n_envs
-        rows = np.broadcast_to(np.arange(size), (self.n_epochs, size))
+        rows = np.tile(np.arange(size), (self.n_epochs, 1))  # contiguous: permuted() is ~2x slower on a broadcast view
         return np.ascontiguousarray(np.stack([s.minibatch_order.permuted(rows, axis=1) for s in self.streams], axis=1))
 
     def _train(self, data: RolloutData) -> None:

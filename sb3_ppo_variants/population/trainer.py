@@ -376,16 +376,9 @@ def update(
     stats["loss"] = last_loss.cpu().numpy()
     forward_kl = rollout_kl(policy, data)
     stats["kl"] = forward_kl.cpu().numpy()
-    reverse = [k for k, key in enumerate(coefficients.kl_term) if key is not None and key[1] == "reverse"]
-    anchor_kl = (
-        forward_kl
-        if not reverse
-        else th.where(
-            th.tensor([key is not None and key[1] == "reverse" for key in coefficients.kl_term], device=device),
-            rollout_kl(policy, data, reverse=True),
-            forward_kl,
-        )
-    )
+    # the KL each member's controller sees: the rollout KL in the direction of its penalty
+    reverse = th.tensor([key is not None and key[1] == "reverse" for key in coefficients.kl_term], device=device)
+    anchor_kl = th.where(reverse, rollout_kl(policy, data, reverse=True), forward_kl) if bool(reverse.any()) else forward_kl
     stats["anchor_kl"] = anchor_kl.cpu().numpy()
     stats["explained_variance"] = _explained_variance(data.old_values, data.returns)
     if "log_std" in policy.params:

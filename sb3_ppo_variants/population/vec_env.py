@@ -23,6 +23,7 @@ from gymnasium.utils import EzPickle
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 
 from sb3_ppo_variants.population.classic_control import (
+    AcrobotEnvs,
     MountainCarContinuousEnvs,
     MountainCarEnvs,
     NumpyEnvs,
@@ -180,6 +181,7 @@ NUMPY_ENVS: dict[str, Any] = {
     "Pendulum-v1": PendulumEnvs,
     "MountainCar-v0": MountainCarEnvs,
     "MountainCarContinuous-v0": MountainCarContinuousEnvs,
+    "Acrobot-v1": AcrobotEnvs,
 }
 
 
