@@ -39,7 +39,6 @@ DISPLAY_LANGUAGES = ("text",)
 #: (minutes to hours each); tests/test_benchmarks.py runs every script's --quick mode instead.
 NOT_RUN = {
     "docs/benchmarks.md": "the benchmark commands (minutes to hours); tests/test_benchmarks.py runs their --quick modes",
-    "README.md": "TEMPORARY: the README is being rewritten into a short one whose blocks run (issue 20)",
 }
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
