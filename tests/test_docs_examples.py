@@ -1,7 +1,7 @@
 """Every code block of README.md and of the documentation pages (docs/*.md) runs, so the examples cannot rot.
 
-One test per page; its blocks run in order, in a fresh directory (where ``tuning/``, ``benchmarks/`` and
-``sb3_ppo_variants/`` are linked from the repository, so commands read as a user types them from a clone):
+One test per page; its blocks run in order, in a fresh directory (where ``tuning/``, ``benchmarks/``,
+``sb3_ppo_variants/`` and ``docs/`` are linked from the repository, so commands read as a user types them from a clone):
 
 - ``python`` blocks run in this process, in one namespace per page (a block may use the names of the blocks above it);
 - ``bash`` blocks run in ``bash -e`` with this interpreter's ``bin/`` first on ``PATH`` (``python``, ``sb3pv-*``);
@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LINKED = ("tuning", "benchmarks", "sb3_ppo_variants")
+LINKED = ("tuning", "benchmarks", "sb3_ppo_variants", "docs")
 RUN_LANGUAGES = ("python", "bash")
 DISPLAY_LANGUAGES = ("text",)
 #: Pages whose blocks are not run, with the reason. docs/benchmarks.md holds the benchmark commands themselves
