@@ -241,6 +241,10 @@ def test_the_saved_reference_is_the_frozen_copy_not_the_source_object(tmp_path):
     loaded = ClipKLPPO.load(tmp_path / "model.zip")
     assert th.equal(_logits(loaded.reference_policy, observation), frozen)
     assert all(not p.requires_grad for p in loaded.reference_policy.parameters())
+    # another model's frozen reference is taken like a policy: copied
+    sibling = KLPPO("MlpPolicy", "CartPole-v1", kl_reference=loaded.kl_reference, **SMALL)
+    assert sibling.reference_policy is not loaded.reference_policy
+    assert th.equal(_logits(sibling.reference_policy, observation), frozen)
 
 
 def test_a_path_reference_loads_without_its_file(tmp_path):
