@@ -6,6 +6,8 @@ same round right before or after it (the order alternates: A B, B A, ...), each 
 memory is per run). Identical runs here drift by up to 35%, so only the paired ratios mean anything.
 
     python benchmarks/population.py                 # full: 3 settings x K in 1 4 8 16 32 x 3 rounds
+    python benchmarks/population.py --members 1 8 64 --device cpu     # the sizes of docs/benchmarks.md
+    python benchmarks/population.py --members 256 1024 --device cuda  # the population on a GPU (SB3's run on the CPU)
     python benchmarks/population.py --quick         # smoke test: tiny budgets, K in 1 2, 1 round
 """
 
@@ -41,13 +43,13 @@ def member_timesteps(timesteps: int, size: int, rollout: int) -> int:
     return max(2 * rollout, timesteps * 4 // max(size, 4))
 
 
-def _run_population(env_id: str, hyperparams: dict[str, Any], size: int, timesteps: int, queue: Any) -> None:
+def _run_population(env_id: str, hyperparams: dict[str, Any], size: int, timesteps: int, device: str, queue: Any) -> None:
     import torch as th
 
     from sb3_ppo_variants import Population
 
     th.set_num_threads(1)
-    population = Population(env_id, [dict(seed=seed) for seed in range(size)], hyperparams=dict(hyperparams), device="cpu")
+    population = Population(env_id, [dict(seed=seed) for seed in range(size)], hyperparams=dict(hyperparams), device=device)
     start = time.perf_counter()
     population.learn(timesteps)
     elapsed = time.perf_counter() - start
@@ -59,7 +61,9 @@ def _run_population(env_id: str, hyperparams: dict[str, Any], size: int, timeste
     )
 
 
-def benchmark(settings: list[str], sizes: list[int], rounds: int, timesteps: int | None) -> list[dict[str, Any]]:
+def benchmark(
+    settings: list[str], sizes: list[int], rounds: int, timesteps: int | None, device: str = "cpu"
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for setting in settings:
         env_id, hyperparams, default_steps = SETTINGS[setting]
@@ -75,7 +79,7 @@ def benchmark(settings: list[str], sizes: list[int], rounds: int, timesteps: int
                         result[which] = measure("sb3_ppo", env_id, hyperparams, steps)
                     else:
                         budget = member_timesteps(steps, size, rollout)
-                        result[which] = in_fresh_process(_run_population, env_id, hyperparams, size, budget)
+                        result[which] = in_fresh_process(_run_population, env_id, hyperparams, size, budget, device)
                 pairs.append((result["population"], result["sb3"]))
                 print(f"  {setting} K={size} round {round_index + 1}/{rounds}: population "
                       f"{result['population']['steps_per_s']:.0f} steps/s, SB3 {result['sb3']['steps_per_s']:.0f}",
@@ -100,11 +104,12 @@ def benchmark(settings: list[str], sizes: list[int], rounds: int, timesteps: int
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], rounds: int, timesteps: int | None) -> str:
+def markdown(rows: list[dict[str, Any]], rounds: int, timesteps: int | None, device: str = "cpu") -> str:
     lines = [
         f"Population throughput, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.platform()}, "
         f"{mp.cpu_count()} CPUs, Python {platform.python_version()}; {rounds} round(s), SB3 run "
-        f"{'default' if timesteps is None else timesteps} timesteps, 1 torch thread, each run in a fresh process.",
+        f"{'default' if timesteps is None else timesteps} timesteps, 1 torch thread, each run in a fresh process; "
+        f"population on {_device_name(device)}, SB3 PPO on the CPU.",
         "",
         "| setting | K | population steps/s (all members, median) | SB3 PPO steps/s (median) "
         "| ratio: median [min, max] | peak RSS MB (SB3 run) | MB per member over SB3's |",
@@ -119,19 +124,34 @@ def markdown(rows: list[dict[str, Any]], rounds: int, timesteps: int | None) -> 
     return "\n".join(lines)
 
 
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch as th
+
+        return f"{device} ({th.cuda.get_device_name(th.device(device))})" if th.cuda.is_available() else f"{device} (absent)"
+    return "the CPU"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 round, K in 1 2, 1024 timesteps")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timesteps", type=int, default=None, help="the SB3 run's budget (members share it out)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--members", "--sizes", dest="sizes", type=int, nargs="+", default=list(SIZES), help="K values")
+    parser.add_argument("--device", default="cpu", help="the population's device (cpu, cuda); SB3's run stays on the CPU")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.timesteps, args.sizes = 1, args.timesteps or 1024, [1, 2]
     if args.rounds < 1 or min(args.sizes) < 1:
         parser.error(f"--rounds and --sizes must be >= 1, got {args.rounds} and {args.sizes}")
-    print(markdown(benchmark(args.settings, args.sizes, args.rounds, args.timesteps), args.rounds, args.timesteps))
+    if args.device.startswith("cuda"):
+        import torch as th
+
+        if not th.cuda.is_available():
+            parser.error(f"--device {args.device}: no CUDA device here")
+    rows = benchmark(args.settings, args.sizes, args.rounds, args.timesteps, args.device)
+    print(markdown(rows, args.rounds, args.timesteps, args.device))
 
 
 if __name__ == "__main__":

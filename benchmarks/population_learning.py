@@ -1,8 +1,9 @@
 """Does a population learn like solo runs? N seeds trained as one population against the same N seeds trained as
 solo SB3 runs (ClipPPO), final deterministic returns on separately seeded evaluation envs, and rliable's
 probability of improvement P(population > solo) with a 95% bootstrap interval. Same algorithm, so the interval
-should contain 0.5. (Members do not replay their solo twins' episodes bit for bit: the numpy CartPole and the
-stacked matmuls round differently, and the action noise comes from each member's own generator.)
+should contain 0.5. (Members do not replay their solo twins' episodes: a member's weight init, action noise and
+minibatch orders come from ``SeedSequence(seed).spawn``, not from SB3's streams, and the stacked matmuls round
+differently; only its environments are seeded as the solo run's. The distributions should agree, and this checks it.)
 
     python benchmarks/population_learning.py                       # CartPole, Pendulum, Acrobot; 10 seeds
     python benchmarks/population_learning.py --envs CartPole-v1 --seeds 5

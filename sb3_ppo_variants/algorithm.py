@@ -186,6 +186,13 @@ class VariantAlgorithm(_Host):
     #: The class's settings (keyword arguments of :class:`~sb3_ppo_variants.settings.VariantSettings`) where they
     #: differ from ``VariantSettings``'s: a setting passed as None (the signature's default) takes its value here.
     defaults: ClassVar[dict[str, Any]] = {}
+    #: The switches a named variant's name commits it to: setting -> the values allowed (a class in the tuple allows
+    #: its instances, as ``KLController`` does a user's controller). A value outside is a ``ValueError`` naming both
+    #: the setting and the variant: ``ClipPPO(surrogate="spo")`` would be SPO under the name ClipPPO.
+    #: :class:`VariantPPO` and its host siblings allow everything.
+    allowed: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    #: the key of ``VARIANTS`` of the plain variant the class is (None for the general classes)
+    variant: ClassVar[str | None] = None
     #: whether this host can evaluate a reference policy at collection (RecurrentPPO's LSTM states cannot be shared)
     supports_reference: ClassVar[bool] = True
     #: the host's default buffers (for a Dict and for any other observation space)
@@ -228,6 +235,7 @@ class VariantAlgorithm(_Host):
         given = {name: arguments.pop(name) for name in VariantSettings.names()}
         defaults = {**VariantSettings.defaults(), **type(self).defaults}
         # Validate before the host builds environments, so bad input fails fast and clearly.
+        self._check_allowed({name: value for name, value in given.items() if value is not None})
         settings = VariantSettings(**{name: defaults[name] if value is None else value for name, value in given.items()})
         if settings.kl_reference is not None and not self.supports_reference:
             raise ValueError(f"kl_reference is not supported on RecurrentPPO hosts ({type(self).__name__})")
@@ -243,6 +251,25 @@ class VariantAlgorithm(_Host):
         super().__init__(**arguments, _init_setup_model=False)
         if init_setup_model:
             self._setup_model()
+
+    @classmethod
+    def _check_allowed(cls, given: dict[str, Any]) -> None:
+        """The settings passed explicitly (before any other check, so the message names the contradiction)."""
+        for name, allowed in cls.allowed.items():
+            if name not in given:
+                continue
+            value = given[name]
+            if any(value == a if isinstance(a, str) else isinstance(value, a) for a in allowed):
+                continue
+            named = [a for a in allowed if isinstance(a, str)]
+            kinds = " or ".join(repr(a) for a in named) + "".join(
+                f" or a {a.__name__}" for a in allowed if not isinstance(a, str)
+            )
+            has = f"{name}={named[0]!r}" if len(allowed) == 1 else f"{name} {kinds}"
+            raise ValueError(
+                f"{name}={value!r} contradicts variant {cls.variant!r} ({cls.__name__} has {has}); "
+                "use VariantPPO (variant 'variant_ppo') to choose every switch"
+            )
 
     def _make_kl_controller(self) -> KLController | None:
         if isinstance(self.kl_penalty, KLController):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sb3_ppo_variants.algorithm import MaskableVariantPPO, RecurrentVariantPPO, VariantPPO
+from sb3_ppo_variants.controllers import KLController
 
 if TYPE_CHECKING:
     from sb3_ppo_variants.algorithm import VariantAlgorithm
@@ -44,6 +45,7 @@ class ClipVariant(_Settings):
 
     variant: ClassVar[str] = "clip"
     defaults: ClassVar[dict[str, Any]] = {"surrogate": "clipped", "kl_penalty": "none"}
+    allowed: ClassVar[dict[str, tuple[Any, ...]]] = {"surrogate": ("clipped",), "kl_penalty": ("none",)}
 
 
 class KLVariant(_Settings):
@@ -52,6 +54,7 @@ class KLVariant(_Settings):
 
     variant: ClassVar[str] = "kl"
     defaults: ClassVar[dict[str, Any]] = {"surrogate": "unclipped", "kl_penalty": "fixed", "kl_coef": 1.0}
+    allowed: ClassVar[dict[str, tuple[Any, ...]]] = {"surrogate": ("unclipped",), "kl_penalty": ("fixed", KLController)}
 
 
 class AdaptiveKLVariant(_Settings):
@@ -66,6 +69,10 @@ class AdaptiveKLVariant(_Settings):
         "kl_coef": 1.0,
         "kl_target": 0.01,
     }
+    allowed: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "surrogate": ("unclipped",),
+        "kl_penalty": ("adaptive", "proportional", KLController),
+    }
 
 
 class ClipKLVariant(_Settings):
@@ -74,6 +81,10 @@ class ClipKLVariant(_Settings):
 
     variant: ClassVar[str] = "clip_kl"
     defaults: ClassVar[dict[str, Any]] = {"surrogate": "clipped", "kl_penalty": None, "kl_coef": 0.2}
+    allowed: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "surrogate": ("clipped",),
+        "kl_penalty": ("fixed", "adaptive", "proportional", KLController),
+    }
 
 
 class ClipPPO(ClipVariant, VariantPPO):

@@ -200,12 +200,22 @@ def test_dual_clip_surrogate_trains_and_differs_from_clipping_only_through_the_b
 
 
 def test_named_variants_fix_their_terms_by_defaults() -> None:
-    # a named variant is its host base with other defaults: the same signature, its switches still settable
+    # a named variant is its host base with other defaults: the same signature; a value that contradicts its name is
+    # a ValueError naming both (ClipPPO running SPO would be a surprise), what its name allows is settable
     assert (ClipPPO("MlpPolicy", "CartPole-v1").surrogate, ClipPPO("MlpPolicy", "CartPole-v1").kl_penalty) == (
         "clipped",
         "none",
     )
-    assert ClipPPO("MlpPolicy", "CartPole-v1", surrogate="spo").surrogate == "spo"
+    with pytest.raises(ValueError, match=r"surrogate='spo' contradicts variant 'clip' \(ClipPPO has surrogate='clipped'\)"):
+        ClipPPO("MlpPolicy", "CartPole-v1", surrogate="spo")
+    with pytest.raises(
+        ValueError, match=r"kl_penalty='none' contradicts variant 'clip_kl' \(ClipKLPPO has kl_penalty 'fixed'"
+    ):
+        ClipKLPPO("MlpPolicy", "CartPole-v1", kl_penalty="none")
+    with pytest.raises(ValueError, match=r"kl_penalty='fixed' contradicts variant 'adaptive_kl'"):
+        AdaptiveKLPPO("MlpPolicy", "CartPole-v1", kl_penalty="fixed")
+    assert AdaptiveKLPPO("MlpPolicy", "CartPole-v1", kl_penalty="proportional").kl_penalty == "proportional"
+    assert VariantPPO("MlpPolicy", "CartPole-v1", surrogate="spo").surrogate == "spo"
     assert ClipKLPPO("MlpPolicy", "CartPole-v1", kl_target=0.02).kl_penalty == "adaptive"
     assert ClipKLPPO("MlpPolicy", "CartPole-v1").kl_penalty == "fixed"
     assert ClipKLPPO("MlpPolicy", "CartPole-v1").kl_coef == 0.2
@@ -311,6 +321,6 @@ def test_kl_penalty_takes_a_controller_object_whose_state_is_saved(tmp_path) -> 
 def test_a_built_in_controller_object_is_the_string_setting() -> None:
     kwargs = dict(n_steps=64, batch_size=32, n_epochs=2, seed=0)
     by_name = AdaptiveKLPPO("MlpPolicy", "CartPole-v1", kl_coef=0.5, kl_target=1e-4, **kwargs).learn(192)
-    by_object = KLPPO("MlpPolicy", "CartPole-v1", kl_penalty=AdaptiveKLController(0.5, 1e-4), **kwargs).learn(192)
+    by_object = AdaptiveKLPPO("MlpPolicy", "CartPole-v1", kl_penalty=AdaptiveKLController(0.5, 1e-4), **kwargs).learn(192)
     assert by_object.kl_controller.value == by_name.kl_controller.value != 0.5
     assert th.equal(_params(by_object), _params(by_name))

@@ -21,6 +21,8 @@ __all__ = ["StackedActorCritic", "StackedAdam"]
 
 
 _FUNCTIONS: dict[type, Callable[[th.Tensor], th.Tensor]] = {th.nn.Tanh: th.tanh, th.nn.ReLU: th.relu}
+#: a member's row of the stacked parameters is padded to a multiple of this many entries (64 bytes of float32)
+_ROW_ALIGNMENT = 16
 
 
 def _layers(sequential: th.nn.Module, prefix: str) -> list[tuple[str, Any]]:
@@ -39,8 +41,9 @@ def _layers(sequential: th.nn.Module, prefix: str) -> list[tuple[str, Any]]:
 class StackedActorCritic:
     """The members' policies as one (K, P) parameter tensor with a batched forward pass.
 
-    Each member's parameters lie in one row, in the order of ``ActorCriticPolicy.named_parameters()``; a Linear's
-    weight is stored transposed, (in, out), so the forward pass is ``baddbmm(bias, x, weight)`` without copies.
+    Each member's parameters lie in one row (zero-padded to a multiple of 16 entries), in the order of
+    ``ActorCriticPolicy.named_parameters()``; a Linear's weight is stored transposed, (in, out), so the forward pass is
+    ``baddbmm(bias, x, weight)`` without copies.
     One tensor makes Adam and the per-member gradient clipping a handful of operations, whatever the depth.
 
     :param policies: one SB3 ``ActorCriticPolicy`` per member, all of the same architecture (MlpPolicy, no gSDE)
@@ -60,6 +63,10 @@ class StackedActorCritic:
             size = int(np.prod(shape))
             self.layout[name] = (offset, size, (shape[1], shape[0]) if transposed else shape, transposed)
             offset += size
+        # Each row padded with zeros to a multiple of 64 bytes: every member's row then starts on the same alignment and
+        # no member's entries fall in the scalar tail of a vectorised kernel (whose rounding may differ from the
+        # vector body's, e.g. where the body fuses a multiply-add), so elementwise updates round alike for any K.
+        self.row_size = -(-offset // _ROW_ALIGNMENT) * _ROW_ALIGNMENT
         self.n_members = len(policies)
         self.flat = th.stack([self.from_member_layout(member) for member in named]).to(device).requires_grad_(True)
         with th.no_grad():
@@ -91,7 +98,8 @@ class StackedActorCritic:
         for name, value in zip(self.names, values):
             value = value.detach()
             parts.append((value.t() if self.layout[name][3] else value).reshape(-1))
-        return th.cat(parts)
+        row = th.cat(parts)
+        return th.cat([row, row.new_zeros(self.row_size - row.numel())])
 
     def to_member_layout(self, row: th.Tensor) -> dict[str, th.Tensor]:
         """Tensors shaped as in the member's ``ActorCriticPolicy`` from its row (P,) (CPU copies)."""
@@ -103,7 +111,12 @@ class StackedActorCritic:
 
     def _linear(self, x: th.Tensor, params: dict[str, th.Tensor], name: str) -> th.Tensor:
         # x (K, batch, in) @ weight (K, in, out) + bias (K, 1, out)
-        return th.baddbmm(params[f"{name}.bias"].unsqueeze(1), x, params[f"{name}.weight"])
+        weight, bias = params[f"{name}.weight"], params[f"{name}.bias"].unsqueeze(1)
+        if weight.shape[-1] == 1:
+            # A one-column product (a value head, a 1-d action) goes to a matrix-vector kernel whose rounding depends
+            # on K (K=1 differed from K=8 in probes); an elementwise product summed over its rows does not.
+            return (x * weight.transpose(1, 2)).sum(dim=-1, keepdim=True) + bias
+        return th.baddbmm(bias, x, weight)
 
     def _mlp(self, x: th.Tensor, params: dict[str, th.Tensor], layers: list[tuple[str, Any]]) -> th.Tensor:
         for kind, item in layers:
@@ -136,7 +149,8 @@ class StackedAdam:
     """``torch.optim.Adam`` (no weight decay, no amsgrad) over stacked parameters, with per-member learning
     rates and step counts, preceded by per-member gradient-norm clipping (``clip_grad_norm_``'s formula).
 
-    Members whose ``active`` flag is off (stopped early by ``target_kl``) are left untouched, state included.
+    Members whose ``active`` flag is off (stopped early by ``target_kl``, or failed) are left untouched, state
+    included; so is a member whose step would make its parameters non-finite.
 
     :param params: the stacked tensors, each (K, ...)
     :param betas: Adam's betas (SB3's defaults)
@@ -168,33 +182,37 @@ class StackedAdam:
         return total
 
     @th.no_grad()
-    def step(self, lr: th.Tensor, active: th.Tensor | None = None) -> None:
-        """One Adam step with learning rates ``lr`` (K,), for the members where ``active`` (K,) is true."""
+    def step(self, lr: th.Tensor, active: th.Tensor | None = None) -> th.Tensor:
+        """One Adam step with learning rates ``lr`` (K,), for the members where ``active`` (K,) is true and the step
+        gives finite parameters; the others are left untouched, state included.
+
+        Every member goes through the same operations whoever steps (``th.where`` picks per member), so a member's
+        numbers do not depend on its companions' flags.
+
+        :return: (K,) bool, the members that stepped
+        """
         beta1, beta2 = self.betas
-        everyone = active is None or bool(active.all())
         mask = th.ones_like(self.step_count, dtype=th.bool) if active is None else active
-        self.step_count += mask.to(self.step_count.dtype)
-        step = self.step_count.clamp(min=1)
+        step = (self.step_count + 1).clamp(min=1)
         step_size = (lr.to(th.float64) / (1 - beta1**step)).to(self.params[0].dtype)
         bias_correction2_sqrt = ((1 - beta2**step) ** 0.5).to(self.params[0].dtype)
+        updates = []
         for p, exp_avg, exp_avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            if p.grad is None:
-                continue
             shape = (-1, *([1] * (p.dim() - 1)))
-            grad = p.grad
-            if everyone:
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(self.eps)
-                p.sub_(exp_avg / denom * step_size.view(shape))
-            else:
-                keep = mask.view(shape)
-                new_avg = th.where(keep, exp_avg.lerp(grad, 1 - beta1), exp_avg)
-                new_sq = th.where(keep, exp_avg_sq * beta2 + (1 - beta2) * grad * grad, exp_avg_sq)
-                denom = (new_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(self.eps)
-                p.copy_(th.where(keep, p - new_avg / denom * step_size.view(shape), p))
-                exp_avg.copy_(new_avg)
-                exp_avg_sq.copy_(new_sq)
+            grad = th.zeros_like(p) if p.grad is None else p.grad
+            new_avg = exp_avg.lerp(grad, 1 - beta1)
+            new_sq = exp_avg_sq.mul(beta2).addcmul(grad, grad, value=1 - beta2)
+            denom = (new_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(self.eps)
+            new_p = p - new_avg / denom * step_size.view(shape)
+            mask = mask & th.isfinite(new_p.reshape(p.shape[0], -1)).all(dim=1)
+            updates.append((p, exp_avg, exp_avg_sq, new_p, new_avg, new_sq))
+        for p, exp_avg, exp_avg_sq, new_p, new_avg, new_sq in updates:
+            keep = mask.view(-1, *([1] * (p.dim() - 1)))
+            p.copy_(th.where(keep, new_p, p))
+            exp_avg.copy_(th.where(keep, new_avg, exp_avg))
+            exp_avg_sq.copy_(th.where(keep, new_sq, exp_avg_sq))
+        self.step_count += mask.to(self.step_count.dtype)
+        return mask
 
     def member_state(self, k: int) -> dict[str, Any]:
         """Member k's Adam state: its step count and moment estimates, one (CPU) tensor per stacked parameter."""

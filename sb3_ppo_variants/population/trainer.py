@@ -18,13 +18,13 @@ import numpy as np
 import torch as th
 
 from sb3_ppo_variants import losses
-from sb3_ppo_variants.algorithm import NonFiniteLossError, VariantPPO
+from sb3_ppo_variants.algorithm import VariantPPO
 from sb3_ppo_variants.kl import sampled_kl
 from sb3_ppo_variants.population.distributions import StackedDistribution
 from sb3_ppo_variants.population.policy import StackedActorCritic, StackedAdam
 from sb3_ppo_variants.schedules import schedule_value
 
-__all__ = ["SURROGATE_TERMS", "MemberCoefficients", "RolloutData", "compute_gae", "rollout_kl", "update"]
+__all__ = ["MemberCoefficients", "RolloutData", "UpdateResult", "compute_gae", "rollout_kl", "update"]
 
 
 @dataclass
@@ -53,16 +53,18 @@ class RolloutData:
 class MemberCoefficients:
     """The settings of one update, one entry per member; tensors are (K,) on the population's device.
 
-    :param surrogate: per member, a key of ``SURROGATE_TERMS``
-    :param kl_estimator: per member, ``"exact"``, ``"k1"``, ``"k2"`` or ``"k3"``
-    :param penalised: (K,) bool, whether the member has a KL penalty
-    :param clip_range_vf: None when no member clips its value; else (K,) with ``inf`` for the members that do not
+    :param clip_range_vf: (K,), used where ``vf_clipped``
+    :param vf_clipped: (K,) bool, whether the member clips its value prediction
     :param target_kl: (K,) with ``inf`` for the members without early stopping
+    :param surrogate: per member, its surrogate term (a name of ``losses.SURROGATES``, or a function)
+    :param kl_term: per member, ``(kl_estimator, kl_direction)`` of its KL penalty, or None without one
+    :param penalised: (K,) bool, whether the member has a KL penalty
     """
 
     learning_rate: th.Tensor
     clip_range: th.Tensor
-    clip_range_vf: th.Tensor | None
+    clip_range_vf: th.Tensor
+    vf_clipped: th.Tensor
     ent_coef: th.Tensor
     vf_coef: th.Tensor
     kl_coef: th.Tensor
@@ -70,13 +72,22 @@ class MemberCoefficients:
     target_kl: th.Tensor
     dual_clip: th.Tensor
     surrogate: list[Any]
-    kl_estimator: list[str]
+    kl_term: list[tuple[str, str] | None]
     penalised: th.Tensor
 
     @classmethod
-    def at(cls, models: list[VariantPPO], progress_remaining: float, device: th.device) -> MemberCoefficients:
+    def at(
+        cls,
+        models: list[VariantPPO],
+        progress_remaining: float,
+        device: th.device,
+        kl_directions: list[str] | None = None,
+    ) -> MemberCoefficients:
         """The settings of ``models`` (one per member) for an update at ``progress_remaining``: schedules evaluated
-        as ``VariantPPO.train`` evaluates them, each KL controller asked for its beta (``begin_update``)."""
+        as ``VariantPPO.train`` evaluates them, each KL controller asked for its beta (``begin_update``).
+
+        :param kl_directions: per member, "forward" or "reverse" (default: each model's ``kl_direction``, else forward)
+        """
 
         def tensor(values: list[float]) -> th.Tensor:
             return th.tensor(values, dtype=th.float32, device=device)
@@ -85,12 +96,14 @@ class MemberCoefficients:
             values = [getattr(model, name) for model in models]
             return [default if v is None and default is not None else schedule_value(v, progress_remaining) for v in values]
 
+        if kl_directions is None:
+            kl_directions = [getattr(model, "kl_direction", "forward") for model in models]
         controllers = [model.kl_controller for model in models]
-        vf_clipped = any(model.clip_range_vf is not None for model in models)
         return cls(
             learning_rate=tensor(scheduled("learning_rate")),
             clip_range=tensor(scheduled("clip_range")),
-            clip_range_vf=tensor(scheduled("clip_range_vf", float("inf"))) if vf_clipped else None,
+            clip_range_vf=tensor(scheduled("clip_range_vf", 0.0)),
+            vf_clipped=th.tensor([model.clip_range_vf is not None for model in models], device=device),
             ent_coef=tensor(scheduled("ent_coef")),
             vf_coef=tensor([float(model.vf_coef) for model in models]),
             kl_coef=tensor([0.0 if c is None else c.begin_update(progress_remaining) for c in controllers]),
@@ -98,41 +111,71 @@ class MemberCoefficients:
             target_kl=tensor(scheduled("target_kl", float("inf"))),
             dual_clip=tensor([float(model.dual_clip) for model in models]),
             surrogate=[model.surrogate for model in models],
-            kl_estimator=[model.kl_estimator for model in models],
+            kl_term=[
+                None if c is None else (model.kl_estimator, direction)
+                for model, c, direction in zip(models, controllers, kl_directions)
+            ],
             penalised=th.tensor([c is not None for c in controllers], device=device),
         )
 
 
-#: surrogate name -> loss per member, from (ratio, advantages, clip_range, dual_clip)
-SURROGATE_TERMS: dict[str, Callable[[th.Tensor, th.Tensor, th.Tensor, th.Tensor], th.Tensor]] = {
-    "clipped": lambda ratio, advantages, clip_range, dual_clip: losses.clipped_surrogate_loss(ratio, advantages, clip_range),
-    "dual_clip": losses.dual_clip_surrogate_loss,
-    "unclipped": lambda ratio, advantages, clip_range, dual_clip: losses.unclipped_surrogate_loss(ratio, advantages),
-}
+class _Groups:
+    """The members grouped by a key (their surrogate, their KL estimator, ...): each term is computed once per group,
+    on that group's members only, and assembled per member. A member's term is then computed by the same operations
+    on the same numbers whatever its companions (no term of another member's flows into its value or gradient).
+
+    :param keys: one per member; None leaves a member out (its entry of an assembled term is 0)
+    """
+
+    def __init__(self, keys: list[Any], device: th.device):
+        self.n_members = len(keys)
+        members: dict[Any, list[int]] = {}
+        for k, key in enumerate(keys):
+            if key is not None:
+                members.setdefault(key, []).append(k)
+        self.whole = len(members) == 1 and len(next(iter(members.values()))) == self.n_members
+        self.groups = [(key, th.tensor(indices, device=device)) for key, indices in members.items()]
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    def assemble(self, term: Callable[..., th.Tensor], *tensors: th.Tensor) -> th.Tensor:
+        """``term(key, *rows)`` for each group, ``rows`` being the group's rows of each (K, ...) tensor: (K,)."""
+        if self.whole:
+            return term(self.groups[0][0], *tensors)
+        result: th.Tensor | None = None
+        for key, index in self.groups:
+            part = term(key, *(tensor.index_select(0, index) for tensor in tensors))
+            if result is None:
+                result = th.zeros(self.n_members, dtype=part.dtype, device=part.device)
+            result = result.index_copy(0, index, part)
+        assert result is not None
+        return result
 
 
-def _pick(names: list[str], table: dict[str, Callable[..., th.Tensor]], *args: Any) -> th.Tensor:
-    """Each member's own term: compute the terms present among ``names`` (one per member) and select per member."""
-    present = list(dict.fromkeys(names))
-    result = table[present[0]](*args)
-    for name in present[1:]:
-        mask = th.tensor([n == name for n in names], device=result.device)
-        result = th.where(mask, table[name](*args), result)
-    return result
+def _surrogate_term(
+    surrogate: Any, ratio: th.Tensor, advantages: th.Tensor, clip_range: th.Tensor, dual_clip: th.Tensor
+) -> th.Tensor:
+    fn = losses.get_surrogate(surrogate)
+    return fn(ratio, advantages, clip_range, **losses.surrogate_options(fn, {"dual_clip": dual_clip}))
 
 
-def _kl_terms(distribution: StackedDistribution) -> dict[str, Callable[[th.Tensor, th.Tensor, th.Tensor], th.Tensor]]:
-    """estimator name -> mean KL per member, from (old distribution parameters, new ones, log ratio)."""
-    terms: dict[str, Callable[[th.Tensor, th.Tensor, th.Tensor], th.Tensor]] = {
-        "exact": lambda old_params, params, log_ratio: distribution.kl(old_params, params).mean(dim=-1)
-    }
-    for name in ("k1", "k2", "k3"):
-        terms[name] = functools.partial(_sampled_kl_mean, estimator=name)
-    return terms
+def _value_term(
+    clipped: bool, values: th.Tensor, old_values: th.Tensor, returns: th.Tensor, clip_range_vf: th.Tensor
+) -> th.Tensor:
+    return losses.value_loss(values, old_values, returns, clip_range_vf if clipped else None)
 
 
-def _sampled_kl_mean(old_params: th.Tensor, params: th.Tensor, log_ratio: th.Tensor, estimator: str) -> th.Tensor:
-    return sampled_kl(log_ratio, estimator).mean(dim=-1)
+def _kl_term(
+    key: tuple[str, str], old_params: th.Tensor, params: th.Tensor, log_ratio: th.Tensor, distribution: StackedDistribution
+) -> th.Tensor:
+    """The mean KL of a group of members: exact (analytic) or a sampled estimator, forward KL(pi_old || pi) or
+    reverse KL(pi || pi_old), per member (K,)."""
+    estimator, direction = key
+    if estimator == "exact":
+        kl = distribution.kl(old_params, params) if direction == "forward" else distribution.kl(params, old_params)
+        return kl.mean(dim=-1)
+    return sampled_kl(log_ratio, estimator, direction).mean(dim=-1)
 
 
 def compute_gae(
@@ -175,13 +218,16 @@ def compute_gae(
 
 
 @th.no_grad()
-def rollout_kl(policy: StackedActorCritic, data: RolloutData, chunk: int = 1024) -> th.Tensor:
-    """Each member's mean exact KL(pi_old || pi) over its whole rollout, with the policy as it is now: (K,)."""
+def rollout_kl(policy: StackedActorCritic, data: RolloutData, chunk: int = 1024, reverse: bool = False) -> th.Tensor:
+    """Each member's mean exact KL(pi_old || pi) (``reverse``: KL(pi || pi_old)) over its whole rollout, with the
+    policy as it is now: (K,)."""
     size = data.observations.shape[1]
     total = th.zeros(data.observations.shape[0], dtype=th.float64, device=data.observations.device)
     for start in range(0, size, chunk):
         params, _ = policy.forward(data.observations[:, start : start + chunk])
-        total += policy.distribution.kl(data.old_dist_params[:, start : start + chunk], params).double().sum(dim=1)
+        old = data.old_dist_params[:, start : start + chunk]
+        kl = policy.distribution.kl(params, old) if reverse else policy.distribution.kl(old, params)
+        total += kl.double().sum(dim=1)
     return total / size
 
 
@@ -193,52 +239,86 @@ def _explained_variance(values: th.Tensor, returns: th.Tensor) -> np.ndarray:
         return np.where(var_y == 0, np.nan, 1 - np.var(y_true - y_pred, axis=1) / var_y)
 
 
+#: what stopped a member, by code (0: nothing)
+FAILURE_CHECKS = ("", "loss", "gradient", "parameters")
+
+
+@dataclass
+class UpdateResult:
+    """What one update of every member gives back (numpy, (K,) each).
+
+    :attr stats: per member, SB3's log values without ``train/`` (plus ``kl``: the exact rollout KL after the update,
+        forward; ``anchor_kl``: that KL in the direction of the member's penalty, which its controller sees)
+    :attr n_epochs_run: the epochs each member entered (SB3 counts them in ``_n_updates``)
+    :attr failed: (K,) bool, the members that failed during this update
+    :attr failure_check: per member, the index in ``FAILURE_CHECKS`` of what failed
+    :attr failure_terms: per member, its loss terms at the minibatch that failed (``check == "loss"``)
+    """
+
+    stats: dict[str, np.ndarray]
+    n_epochs_run: np.ndarray
+    failed: np.ndarray
+    failure_check: np.ndarray
+    failure_terms: dict[str, np.ndarray]
+
+
 def update(
     policy: StackedActorCritic,
     optimizer: StackedAdam,
     data: RolloutData,
     coefficients: MemberCoefficients,
-    orders: list[np.ndarray],
+    orders: np.ndarray | list[np.ndarray],
     batch_size: int,
     normalize_advantage: bool,
-) -> dict[str, np.ndarray]:
+    failed: th.Tensor | None = None,
+) -> UpdateResult:
     """One policy update of every member: ``VariantPPO.train`` with a leading member dimension.
 
-    :param orders: per epoch, (K, N) the minibatch order of each member (its ``rollout_buffer.get`` permutation)
-    :return: per-member diagnostics, (K,) arrays under SB3's log keys without ``train/`` (plus ``n_epochs_run``
-        and ``kl``, the rollout KL after the update)
+    Every member's numbers are those it would have alone: each term is computed per member (members grouped by their
+    switches, see :class:`_Groups`), Adam and gradient clipping are per member, and a member that stops (``target_kl``)
+    or fails simply stops stepping. A member whose loss terms, gradient or next parameters are non-finite fails: it
+    keeps its last finite parameters and Adam state. The minibatch loop makes no host round trip: the checks run on
+    the device and are read once, after the update.
+
+    :param orders: (n_epochs, K, N): per epoch, the minibatch order of each member (its ``rollout_buffer.get``
+        permutation)
+    :param failed: (K,) bool, members that failed before (they do not update)
     """
     device = data.observations.device
     n_members, size = data.observations.shape[:2]
     members = th.arange(n_members, device=device).unsqueeze(1)
-    active = th.ones(n_members, dtype=th.bool, device=device)
+    healthy = th.ones(n_members, dtype=th.bool, device=device) if failed is None else ~failed
+    active = healthy.clone()
+    check = th.zeros(n_members, dtype=th.long, device=device)
     sums: dict[str, th.Tensor] = {}
+    bad_terms: dict[str, th.Tensor] = {}
     counts = th.zeros(n_members, device=device)
     epoch_kl_sum = th.zeros(n_members, device=device)
     epoch_kl_count = th.zeros(n_members, device=device)
     last_loss = th.zeros(n_members, device=device)
     n_epochs_run = th.zeros(n_members, dtype=th.long, device=device)
     clip_range = coefficients.clip_range.unsqueeze(1)
-    clip_range_vf = None if coefficients.clip_range_vf is None else coefficients.clip_range_vf.unsqueeze(1)
+    clip_range_vf = coefficients.clip_range_vf.unsqueeze(1)
     dual_clip = coefficients.dual_clip.unsqueeze(1)
-    penalised = bool(coefficients.penalised.any())
-    kl_terms = _kl_terms(policy.distribution)
+    surrogates = _Groups(coefficients.surrogate, device)
+    value_clipping = _Groups(coefficients.vf_clipped.tolist(), device)
+    penalties = _Groups(coefficients.kl_term, device)
+    kl_term = functools.partial(_kl_term, distribution=policy.distribution)
+    # C-contiguous: a gathered minibatch takes its index's layout, and a reduction over a strided layout rounds
+    # differently from one over rows (a member's advantage mean then depended on K)
+    orders_t = th.as_tensor(np.ascontiguousarray(orders), device=device)
 
-    for order in orders:
-        if not bool(active.any()):
+    for order in orders_t:
+        if not bool(active.any()):  # one host read per epoch, as SB3 stops the epoch loop
             break
         n_epochs_run += active.long()
         epoch_kl_sum = th.where(active, 0.0, epoch_kl_sum)
         epoch_kl_count = th.where(active, 0.0, epoch_kl_count)
-        order_t = th.as_tensor(order, device=device)
         for start in range(0, size, batch_size):
-            if not bool(active.any()):
-                break
-            index = order_t[:, start : start + batch_size]
+            index = order[:, start : start + batch_size]
             observations = data.observations[members, index]
             actions = data.actions[members, index]
             old_log_prob = data.old_log_prob[members, index]
-            old_dist_params = data.old_dist_params[members, index]
             params, values = policy.forward(observations)
             log_prob = policy.distribution.log_prob(params, actions)
             entropy = policy.distribution.entropy(params)
@@ -247,18 +327,26 @@ def update(
                 advantages = (advantages - advantages.mean(dim=1, keepdim=True)) / (advantages.std(dim=1, keepdim=True) + 1e-8)
 
             ratio = th.exp(log_prob - old_log_prob)
-            policy_loss = _pick(coefficients.surrogate, SURROGATE_TERMS, ratio, advantages, clip_range, dual_clip)
-            v_loss = losses.value_loss(values, data.old_values[members, index], data.returns[members, index], clip_range_vf)
+            policy_loss = surrogates.assemble(_surrogate_term, ratio, advantages, clip_range, dual_clip)
+            old_values, returns = data.old_values[members, index], data.returns[members, index]
+            v_loss = value_clipping.assemble(_value_term, values, old_values, returns, clip_range_vf)
             e_loss = losses.entropy_loss(entropy, log_prob)
             loss = policy_loss + coefficients.ent_coef * e_loss + coefficients.vf_coef * v_loss
             terms = {"policy_gradient_loss": policy_loss, "value_loss": v_loss, "entropy_loss": e_loss}
-            if penalised:
-                kl = _pick(coefficients.kl_estimator, kl_terms, old_dist_params, params, log_prob - old_log_prob)
+            if penalties:
+                old_dist_params = data.old_dist_params[members, index]
+                log_ratio = log_prob - old_log_prob
+                kl = penalties.assemble(kl_term, old_dist_params, params, log_ratio)
                 loss = th.where(coefficients.penalised, loss + coefficients.kl_coef * kl, loss)
-                terms["kl_penalty"] = th.where(coefficients.penalised, kl, 0.0)
-            _check_finite(terms, active)
+                terms["kl_penalty"] = kl
 
             with th.no_grad():
+                finite = th.stack([th.isfinite(value) for value in terms.values()]).all(dim=0)
+                broken = active & ~finite  # checked where a solo run checks: each minibatch it evaluates
+                for name, value in terms.items():
+                    bad_terms[name] = th.where(broken, value.detach(), bad_terms.get(name, th.zeros_like(value)))
+                check = th.where(broken, 1, check)
+                healthy &= ~broken
                 log_ratio = log_prob - old_log_prob
                 approx_kl = th.mean((th.exp(log_ratio) - 1) - log_ratio, dim=-1)
                 terms["clip_fraction"] = losses.clip_fraction(ratio, clip_range)
@@ -268,34 +356,37 @@ def update(
                 epoch_kl_sum += th.where(active, approx_kl, 0.0)
                 epoch_kl_count += active.float()
                 last_loss = th.where(active, loss.detach(), last_loss)
-                stepping = active & ~(approx_kl > 1.5 * coefficients.target_kl)
+                stepping = active & healthy & ~(approx_kl > 1.5 * coefficients.target_kl)
 
-            if bool(stepping.any()):
-                optimizer.zero_grad()
-                th.where(stepping, loss, 0.0).sum().backward()
-                optimizer.clip_grad_norm(coefficients.max_grad_norm)
-                optimizer.step(coefficients.learning_rate, None if bool(stepping.all()) else stepping)
-            active = stepping
+            optimizer.zero_grad()
+            th.where(stepping, loss, 0.0).sum().backward()
+            norms = optimizer.clip_grad_norm(coefficients.max_grad_norm)
+            broken = stepping & ~th.isfinite(norms)
+            check = th.where(broken, 2, check)
+            stepping &= ~broken
+            applied = optimizer.step(coefficients.learning_rate, stepping)
+            broken = stepping & ~applied
+            check = th.where(broken, 3, check)
+            healthy &= check == 0
+            active = stepping & applied
 
-    result = {name: (value / counts.clamp(min=1)).cpu().numpy() for name, value in sums.items()}
-    result["approx_kl"] = (epoch_kl_sum / epoch_kl_count.clamp(min=1)).cpu().numpy()
-    result["loss"] = last_loss.cpu().numpy()
-    result["n_epochs_run"] = n_epochs_run.cpu().numpy()
-    result["kl"] = rollout_kl(policy, data).cpu().numpy()
-    result["explained_variance"] = _explained_variance(data.old_values, data.returns)
+    newly_failed = (check != 0).cpu().numpy()
+    stats = {name: (value / counts.clamp(min=1)).cpu().numpy() for name, value in sums.items()}
+    stats["approx_kl"] = (epoch_kl_sum / epoch_kl_count.clamp(min=1)).cpu().numpy()
+    stats["loss"] = last_loss.cpu().numpy()
+    forward_kl = rollout_kl(policy, data)
+    stats["kl"] = forward_kl.cpu().numpy()
+    # the KL each member's controller sees: the rollout KL in the direction of its penalty
+    reverse = th.tensor([key is not None and key[1] == "reverse" for key in coefficients.kl_term], device=device)
+    anchor_kl = th.where(reverse, rollout_kl(policy, data, reverse=True), forward_kl) if bool(reverse.any()) else forward_kl
+    stats["anchor_kl"] = anchor_kl.cpu().numpy()
+    stats["explained_variance"] = _explained_variance(data.old_values, data.returns)
     if "log_std" in policy.params:
-        result["std"] = policy.params["log_std"].detach().exp().mean(dim=1).cpu().numpy()
-    return result
-
-
-def _check_finite(terms: dict[str, th.Tensor], active: th.Tensor) -> None:
-    finite = th.stack([th.isfinite(value) for value in terms.values()]).all(dim=0) | ~active
-    if not bool(finite.all()):
-        bad = th.nonzero(~finite).flatten().tolist()
-        details = "; ".join(
-            f"member {k}: " + ", ".join(f"{name}={float(value[k])}" for name, value in terms.items()) for k in bad
-        )
-        raise NonFiniteLossError(
-            f"Population: non-finite loss term(s) for member(s) {bad}: {details}. "
-            "Lower the learning rate, raise kl_coef or enable clipping."
-        )
+        stats["std"] = policy.params["log_std"].detach().exp().mean(dim=1).cpu().numpy()
+    return UpdateResult(
+        stats=stats,
+        n_epochs_run=n_epochs_run.cpu().numpy(),
+        failed=newly_failed,
+        failure_check=check.cpu().numpy(),
+        failure_terms={name: value.cpu().numpy() for name, value in bad_terms.items()},
+    )

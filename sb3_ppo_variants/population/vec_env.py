@@ -22,7 +22,15 @@ from gymnasium import spaces
 from gymnasium.utils import EzPickle
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 
-__all__ = ["CartPoleEnvs", "MemberEnvs", "MemberNormalizer", "make_member_envs"]
+from sb3_ppo_variants.population.classic_control import (
+    AcrobotEnvs,
+    MountainCarContinuousEnvs,
+    MountainCarEnvs,
+    NumpyEnvs,
+    PendulumEnvs,
+)
+
+__all__ = ["NUMPY_ENVS", "CartPoleEnvs", "MemberEnvs", "MemberNormalizer", "make_member_envs"]
 
 
 class MemberEnvs:
@@ -159,21 +167,35 @@ class CartPoleEnvs:
 
 def make_member_envs(
     env_id: str, seeds: list[int], n_envs: int, env_kwargs: dict[str, Any] | None = None
-) -> MemberEnvs | CartPoleEnvs:
-    """The numpy CartPole for ``CartPole-v1`` without keyword arguments, the one-by-one stepping otherwise."""
-    if env_id == "CartPole-v1" and not env_kwargs:
-        return CartPoleEnvs(env_id, seeds, n_envs)
+) -> MemberEnvs | CartPoleEnvs | NumpyEnvs:
+    """A numpy batch for the classic-control envs that have one (:data:`NUMPY_ENVS`) without keyword arguments, the
+    one-by-one stepping otherwise."""
+    if env_id in NUMPY_ENVS and not env_kwargs:
+        return NUMPY_ENVS[env_id](env_id, seeds, n_envs)
     return MemberEnvs(env_id, seeds, n_envs, env_kwargs)
 
 
+#: gymnasium id -> its numpy batch (each checked equal to gymnasium step by step in the tests)
+NUMPY_ENVS: dict[str, Any] = {
+    "CartPole-v1": CartPoleEnvs,
+    "Pendulum-v1": PendulumEnvs,
+    "MountainCar-v0": MountainCarEnvs,
+    "MountainCarContinuous-v0": MountainCarContinuousEnvs,
+    "Acrobot-v1": AcrobotEnvs,
+}
+
+
 class MemberNormalizer:
-    """``VecNormalize``'s observation and reward normalisation, with one set of statistics per member.
+    """``VecNormalize``'s observation and reward normalisation, with one set of statistics per member, held as
+    (K, ...) arrays and updated for every member at once (``RunningMeanStd``'s formulas, per member).
 
     :param n_members: K
     :param n_envs: environments per member
     :param obs_shape: the flat observation's shape
     :param kwargs: VecNormalize's ``norm_obs``, ``norm_reward``, ``clip_obs``, ``clip_reward``, ``epsilon``,
         ``gamma`` (VecNormalize's own discount of the return it normalises by, 0.99 by default as there)
+    :attr obs_mean: (K, *obs_shape); ``obs_var`` likewise; ``obs_count``: (K,)
+    :attr ret_mean: (K,); ``ret_var``, ``ret_count`` likewise
     """
 
     def __init__(self, n_members: int, n_envs: int, obs_shape: tuple[int, ...], **kwargs: Any):
@@ -190,10 +212,31 @@ class MemberNormalizer:
         self.epsilon = float(kwargs.get("epsilon", 1e-8))
         self.gamma = float(kwargs.get("gamma", 0.99))
         self.n_members, self.n_envs = n_members, n_envs
-        self.obs_rms = [RunningMeanStd(shape=obs_shape) for _ in range(n_members)]
-        self.ret_rms = [RunningMeanStd(shape=()) for _ in range(n_members)]
+        template = RunningMeanStd(shape=obs_shape)  # its initial statistics (count = 1e-4)
+        self.obs_mean = np.zeros((n_members, *obs_shape))
+        self.obs_var = np.ones((n_members, *obs_shape))
+        self.obs_count = np.full(n_members, template.count)
+        self.ret_mean = np.zeros(n_members)
+        self.ret_var = np.ones(n_members)
+        self.ret_count = np.full(n_members, template.count)
         self.returns = np.zeros((n_members, n_envs))
         self.training = True
+
+    @staticmethod
+    def _update(
+        mean: np.ndarray, var: np.ndarray, count: np.ndarray, batch: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``RunningMeanStd.update`` for every member: ``batch`` (K, n, ...), statistics (K, ...) and counts (K,)."""
+        batch_mean, batch_var, batch_count = np.mean(batch, axis=1), np.var(batch, axis=1), batch.shape[1]
+        count_ = count.reshape(-1, *([1] * (mean.ndim - 1)))
+        delta = batch_mean - mean
+        tot_count = count_ + batch_count
+        new_mean = mean + delta * batch_count / tot_count
+        m_a = var * count_
+        m_b = batch_var * batch_count
+        m_2 = m_a + m_b + np.square(delta) * count_ * batch_count / (count_ + batch_count)
+        new_var = m_2 / (count_ + batch_count)
+        return new_mean, new_var, batch_count + count
 
     def _per_member(self, array: np.ndarray) -> np.ndarray:
         return array.reshape(self.n_members, -1, *array.shape[1:])
@@ -202,16 +245,15 @@ class MemberNormalizer:
         if not self.norm_obs:
             return obs
         per = self._per_member(obs)
-        out = np.empty_like(per)
-        for k, rms in enumerate(self.obs_rms):
-            out[k] = np.clip((per[k] - rms.mean) / np.sqrt(rms.var + self.epsilon), -self.clip_obs, self.clip_obs)
-        return out.reshape(obs.shape).astype(np.float32)
+        mean, std = self.obs_mean[:, None], np.sqrt(self.obs_var + self.epsilon)[:, None]
+        return np.clip((per - mean) / std, -self.clip_obs, self.clip_obs).reshape(obs.shape).astype(np.float32)
 
     def observe(self, obs: np.ndarray) -> np.ndarray:
         """Update the observation statistics with new raw observations (training), then normalise them."""
         if self.training and self.norm_obs:
-            for k, rms in enumerate(self.obs_rms):
-                rms.update(self._per_member(obs)[k])
+            self.obs_mean, self.obs_var, self.obs_count = self._update(
+                self.obs_mean, self.obs_var, self.obs_count, self._per_member(obs)
+            )
         return self.normalize_obs(obs)
 
     def reward(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
@@ -220,10 +262,21 @@ class MemberNormalizer:
             return rewards
         per = rewards.reshape(self.n_members, self.n_envs)
         self.returns = self.returns * self.gamma + per
-        out = np.empty_like(per)
-        for k, rms in enumerate(self.ret_rms):
-            if self.training:
-                rms.update(self.returns[k])
-            out[k] = np.clip(per[k] / np.sqrt(rms.var + self.epsilon), -self.clip_reward, self.clip_reward)
+        if self.training:
+            statistics = self._update(self.ret_mean, self.ret_var, self.ret_count, self.returns)
+            self.ret_mean, self.ret_var, self.ret_count = statistics
+        out = np.clip(per / np.sqrt(self.ret_var + self.epsilon)[:, None], -self.clip_reward, self.clip_reward)
         self.returns[dones.reshape(self.n_members, self.n_envs)] = 0
         return out.reshape(rewards.shape).astype(np.float32)
+
+    def member_obs_rms(self, k: int) -> RunningMeanStd:
+        """Member k's observation statistics as VecNormalize holds them (a copy)."""
+        rms = RunningMeanStd(shape=self.obs_mean.shape[1:])
+        rms.mean, rms.var, rms.count = self.obs_mean[k].copy(), self.obs_var[k].copy(), float(self.obs_count[k])
+        return rms
+
+    def member_ret_rms(self, k: int) -> RunningMeanStd:
+        """Member k's return statistics as VecNormalize holds them (a copy)."""
+        rms = RunningMeanStd(shape=())
+        rms.mean, rms.var, rms.count = self.ret_mean[k].copy(), self.ret_var[k].copy(), float(self.ret_count[k])
+        return rms
