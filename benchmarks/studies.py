@@ -54,6 +54,9 @@ def run_once(tree: Path, arguments: list[str], out: Path) -> float:
     """Wall time of one command of ``tree`` (its package first on the path)."""
     env = {**os.environ, "PYTHONPATH": str(tree), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(tree / "tuning" / arguments[0]), *arguments[1:], "--out", str(out)]
+    cli = tree / "sb3_ppo_variants" / "studies" / "cli" / "tune.py"
+    if arguments[0] == "tune.py" and "--confirm-seeds" in cli.read_text():  # the same runs before and after
+        command += ["--confirm-seeds", "0"]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started

@@ -500,9 +500,13 @@ class VariantAlgorithm(_Host):
                 break
 
         rollout_kl, rollout_reference_kl = self._rollout_kl()
+        # The KL to the reference: per step (at collection in the reward placement, after the update in the loss) and,
+        # in TRL's units, per response (an episode: the KL summed over its steps), where a response ended.
+        steps, responses = buffer.buffer_size * buffer.n_envs, buffer.responses()
         reference_kl_per_step = float(buffer.reference_kl.mean()) if in_reward else rollout_reference_kl
+        reference_kl_per_response = reference_kl_per_step * steps / responses if responses else None
         if self.kl_controller is not None:
-            self._end_controller_update(rollout_kl, reference_kl_per_step)
+            self._end_controller_update(rollout_kl, reference_kl_per_step, reference_kl_per_response, responses)
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
 
         # Logs: SB3's PPO keys unchanged, then ours
@@ -523,6 +527,8 @@ class VariantAlgorithm(_Host):
         self.logger.record("train/kl", rollout_kl)
         if anchored:
             self.logger.record("train/kl_ref", reference_kl_per_step)
+            if reference_kl_per_response is not None:
+                self.logger.record("train/kl_ref_per_response", reference_kl_per_response)
         self.logger.record("train/kl_coef", kl_coef)
         self.logger.record("train/ent_coef", ent_coef)
         if kl_penalties:
@@ -538,19 +544,20 @@ class VariantAlgorithm(_Host):
             return _valid_steps(exact_kl(rollout_data.old_dist_params, dist, self.kl_direction), valid).mean()
         return sampled_kl(log_ratio, self.kl_estimator, self.kl_direction).mean()  # type: ignore[arg-type]
 
-    def _end_controller_update(self, rollout_kl: float, reference_kl_per_step: float) -> None:
-        """Give the controller the KL the penalty measures: to pi_old (per step, n = steps), or to the reference in
-        TRL's units for the proportional rule (per response, summed over its steps; n = responses that ended in the
-        rollout, no change when none did) and per step for the others."""
+    def _end_controller_update(
+        self, rollout_kl: float, reference_kl_per_step: float, reference_kl_per_response: float | None, responses: int
+    ) -> None:
+        """Give the controller the KL the penalty measures: to pi_old (per step, n = steps), or to the reference: in
+        TRL's units for the proportional rule (per response, n = responses that ended in the rollout; no change when
+        none did), per step for the others."""
         assert self.kl_controller is not None
         buffer: Any = self.rollout_buffer
         steps = buffer.buffer_size * buffer.n_envs
         if self.kl_reference is None:
             self.kl_controller.end_update(rollout_kl, n_steps=steps)
         elif isinstance(self.kl_controller, ProportionalKLController):
-            responses = buffer.responses()
-            if responses > 0:
-                self.kl_controller.end_update(reference_kl_per_step * steps / responses, n_steps=responses)
+            if reference_kl_per_response is not None:
+                self.kl_controller.end_update(reference_kl_per_response, n_steps=responses)
         else:
             self.kl_controller.end_update(reference_kl_per_step, n_steps=steps)
 

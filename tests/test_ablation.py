@@ -21,20 +21,19 @@ from helpers import PLAIN_VARIANTS
 from optuna.trial import TrialState
 from sb3_contrib import TRPO
 from stable_baselines3 import PPO
+from study_helpers import worker_lock
 
 from sb3_ppo_variants import VARIANTS, VariantPPO
 from sb3_ppo_variants.hyperparams import make_model
 from sb3_ppo_variants.studies import ablation, runner
 from sb3_ppo_variants.studies.arms import factorial_names, filter_hyperparams, hyperparams_for, label_names, parse_variant
 from sb3_ppo_variants.studies.cli.ablate import main
-from sb3_ppo_variants.studies.liveness import process_identity
+from sb3_ppo_variants.studies.reference import load_reference_scores
 from sb3_ppo_variants.studies.registry import algorithm_class
 from sb3_ppo_variants.studies.runner import (
     Cell,
     CellResult,
     RunProtocol,
-    batch_mode,
-    population_blocker,
     train_batch,
 )
 from sb3_ppo_variants.studies.storage import StudyMismatchError, open_storage
@@ -243,9 +242,9 @@ def test_resume_runs_only_missing_failed_and_dead_cells(tmp_path: Path) -> None:
     assert ablation.run_ablation_worker(study, train=broken, max_trials=1) == 0  # one cell fails with an error ...
     (failed,) = study.get_trials(states=(TrialState.FAIL,))
     assert failed.user_attrs["fail_reason"] == "RuntimeError: diverged"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_lock, _ = worker_lock(tmp_path / "study.log", die=True)
     crashed = study.ask()  # ... and one worker is killed while running one
-    crashed.set_user_attr("worker", {**process_identity(), "pid": int(dead.stdout), "trial": crashed.number})
+    crashed.set_user_attr("worker", {"lock": dead_lock, "trial": crashed.number})
     assert study.trials[crashed.number].state == TrialState.RUNNING
 
     calls.clear()
@@ -275,6 +274,10 @@ def test_other_protocol_or_hyperparameters_on_the_same_study_are_refused(tmp_pat
     with pytest.raises(StudyMismatchError, match="cell clip\\|CartPole-v1\\|0 was run with"):
         ablation.enqueue_missing(study, _tasks(gamma=0.5))
     assert len(ablation.enqueue_missing(study, _tasks(variants=("clip", "kl", "clip_kl")))) == 2  # a grid may grow
+    # the same settings read from the same file under another path (hp.yml, ./hp.yml, another machine): the same cells
+    same = [parse_variant(v) for v in ("clip", "kl")]
+    relabelled = ablation.plan_cells(same, ["CartPole-v1"], range(2), {"CartPole-v1": {"gamma": 0.9}}, "./elsewhere/test")
+    assert ablation.enqueue_missing(study, relabelled) == []
 
 
 def test_batches_group_cells_of_one_env_and_shape_and_split_them_evenly() -> None:
@@ -293,55 +296,84 @@ def test_batches_group_cells_of_one_env_and_shape_and_split_them_evenly() -> Non
         ablation.make_batches(tasks, 0)
 
 
-def test_which_batches_could_be_a_population_and_why_the_others_run_solo() -> None:
-    plain = [Cell("clip", "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY, {"kl_coef": 0.5})]
-    assert population_blocker(plain) is None
-    assert batch_mode(plain) == ("population", "")
-    assert batch_mode([*plain, Cell("trpo", "CartPole-v1", 0)])[0] == "solo"
-    assert "trpo is not a plain variant" in population_blocker([*plain, Cell("trpo", "CartPole-v1", 0)])
-    assert "differ in ['n_steps']" in population_blocker([*plain, Cell("clip", "CartPole-v1", 2, {**TINY, "n_steps": 64})])
-    assert "several environments" in population_blocker([*plain, Cell("clip", "Acrobot-v1", 0, TINY)])
-    assert "gSDE" in population_blocker([Cell("clip", "Pendulum-v1", 0, {"use_sde": True})])
-    assert "is not MlpPolicy" in population_blocker([Cell("clip", "CartPole-v1", 0, {"policy": "CnnPolicy"})])
-    extractor = {**TINY, "policy_kwargs": "dict(features_extractor_class=th.nn.Module)"}
-    assert "features_extractor_class" in population_blocker([Cell("clip", "CartPole-v1", 0, extractor)])
+PLAIN = [Cell("clip", "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY, {"kl_coef": 0.5})]
+FACTORIAL_SWITCHES = parse_variant("noclip+kl+ent_sched").overrides
 
 
-def test_a_batch_on_image_observations_runs_solo_with_the_populations_own_reason() -> None:
-    pytest.importorskip("Box2D")
-    reason = population_blocker([Cell("clip", "CarRacing-v3", 0, TINY)])
-    assert reason is not None and "observation space" in reason and "not supported in a population" in reason
+@pytest.mark.parametrize(
+    ("cells", "why"),
+    [
+        (PLAIN, None),
+        # factorial cells (VariantPPO with its switches) beside a named variant
+        ([*PLAIN, Cell("variant_ppo", "CartPole-v1", 2, {**TINY, "kl_coef": 1.0}, FACTORIAL_SWITCHES)], None),
+        ([*PLAIN, Cell("trpo", "CartPole-v1", 0, {k: v for k, v in TINY.items() if k != "n_epochs"})], "member 2: variant"),
+        ([*PLAIN, Cell("clip", "CartPole-v1", 2, {**TINY, "n_steps": 64})], "n_steps must be equal"),
+        ([*PLAIN, Cell("clip", "Acrobot-v1", 0, TINY)], "several environments"),
+        ([Cell("clip", "CartPole-v1", 0, {**TINY, "policy_kwargs": "dict(optimizer_class=th.optim.SGD)"})], "Adam only"),
+    ],
+)
+def test_the_population_decides_which_batches_it_trains_and_the_others_run_solo_with_its_reason(
+    cells: list[Cell], why: str | None
+) -> None:
+    results = train_batch(cells, RunProtocol(32, (32,), n_eval_episodes=1))
+    modes = {result.mode for result in results}
+    assert len(modes) == 1 and all(result.curve_nominal == [32] and result.failure is None for result in results)
+    if why is None:
+        assert modes == {"population"}
+    else:
+        (mode,) = modes
+        assert mode.startswith("solo: ") and why in mode
 
 
 @pytest.mark.parametrize("companion", ["clip", "sb3_ppo"])  # a population; solo runs (a baseline is never a member)
 def test_a_batch_trains_each_cell_as_it_would_train_alone(companion: str) -> None:
     protocol = RunProtocol(128, (0, 64, 128), n_eval_episodes=2)
     cells = [Cell(companion, "CartPole-v1", 0, TINY), Cell("clip_kl", "CartPole-v1", 1, TINY)]
-    assert batch_mode(cells)[0] == ("population" if companion == "clip" else "solo")
     train_alone = train_batch if companion == "clip" else runner._train_solo  # alone in the same mode
     alone = train_alone([Cell("clip_kl", "CartPole-v1", 1, TINY)], protocol, None)
     together = train_batch(cells, protocol)
-    assert together[1].as_attrs() | {"wall_time_s": 0} == alone[0].as_attrs() | {"wall_time_s": 0}
+    assert together[1].mode.partition(":")[0] == ("population" if companion == "clip" else "solo")
+    ignored = {"wall_time_s": 0, "mode": ""}
+    assert together[1].as_attrs() | ignored == alone[0].as_attrs() | ignored
     assert together[1].curve_nominal == [0, 64, 128] and together[1].curve_timesteps == [0, 64, 128]
     assert together[1].episode_returns and together[0].curve_returns != together[1].curve_returns
 
 
-def test_a_batch_whose_training_raises_is_stored_failed_with_its_reason_and_the_worker_goes_on(tmp_path: Path) -> None:
+def test_a_cell_whose_training_raises_fails_alone_with_its_reason_and_its_batch_completes(tmp_path: Path) -> None:
     study = _study(tmp_path, ablation.Protocol(64, 64, 1))
-    source = {"CartPole-v1": TINY}
-    good = ablation.plan_cells([parse_variant("clip")], ["CartPole-v1"], [0], source, "test")
+    good = ablation.plan_cells([parse_variant("clip")], ["CartPole-v1"], [0], {"CartPole-v1": TINY}, "test")
     bad = ablation.plan_cells(
         [parse_variant("clip")], ["CartPole-v1"], [1], {"CartPole-v1": {**TINY, "clip_range": -0.1}}, "t"
     )
-    _enqueue(study, bad)
-    _enqueue(study, good)
+    _enqueue(study, [*bad, *good])  # one batch: the population refuses it, its cells run solo, each failing alone
     assert ablation.run_ablation_worker(study) == 1
-    failed, completed = study.trials
-    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_kind"] == "error"
-    assert "clip_range" in failed.user_attrs["fail_reason"] and "-0.1" in failed.user_attrs["fail_reason"]
-    assert completed.state == TrialState.COMPLETE and list(completed.user_attrs["results"]) == [good[0].key]
-    assert ablation.collect_results(study).failed == {bad[0].key: failed.user_attrs["fail_reason"]}
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and list(trial.user_attrs["results"]) == [good[0].key]
+    (reason,) = trial.user_attrs["failures"].values()
+    assert list(trial.user_attrs["failures"]) == [bad[0].key] and "clip_range" in reason and "-0.1" in reason
+    mode = trial.user_attrs["batch_mode"]
+    assert mode["mode"] == "solo" and "member 0 (clip, seed 1): clip_range" in mode["why"]
+    assert ablation.collect_results(study).failed == {bad[0].key: [reason]}
     assert ablation.grid_status(study, [bad[0].key, good[0].key]) == {bad[0].key: "failed", good[0].key: "complete"}
+
+
+def test_a_failed_cell_is_enqueued_again_once(tmp_path: Path) -> None:
+    study, tasks = _study(tmp_path), _tasks()
+
+    def fails_kl_seed_0(cells: Any, protocol: RunProtocol) -> list[CellResult]:
+        results = _fake_train([])(cells, protocol)
+        for cell, result in zip(cells, results):
+            if (cell.algorithm, cell.seed) == ("kl", 0):
+                result.failure = "ValueError: diverged"
+        return results
+
+    assert len(ablation.enqueue_missing(study, tasks)) == 4
+    ablation.run_ablation_worker(study, train=fails_kl_seed_0)
+    assert [t.key for t in ablation.enqueue_missing(study, tasks)] == ["kl|CartPole-v1|0"]  # the retry
+    ablation.run_ablation_worker(study, train=fails_kl_seed_0)
+    assert ablation.enqueue_missing(study, tasks) == []  # failed twice: reported, not run again
+    results = ablation.collect_results(study)
+    assert results.failed == {"kl|CartPole-v1|0": ["ValueError: diverged"] * 2} and len(results.runs) == 3
 
 
 @pytest.mark.parametrize("value", [0, -1])
@@ -505,6 +537,30 @@ def test_tiny_grid_writes_everything_and_resumes_only_missing_runs_after_a_kill(
 
 
 @pytest.mark.slow
+def test_an_arm_that_diverges_fails_alone_and_the_report_counts_it(tmp_path: Path, capsys: Any) -> None:
+    hyperparams = tmp_path / "hp.yml"
+    entry = "{n_envs: 1, n_steps: 32, batch_size: 32, n_epochs: 2, policy_kwargs: 'dict(net_arch=[16])'}"
+    hyperparams.write_text(
+        f"CartPole-v1:\n  default: {entry}\n  steady: {{variant: clip}}\n  boom: {{variant: clip, learning_rate: 1.0e+20}}\n"
+    )
+    argv = ["--envs", "CartPole-v1", "--variants", "steady", "boom", "--seeds", "2", "--timesteps", "256"]
+    argv += ["--eval-freq", "128", "--n-eval-episodes", "2", "--bootstrap-reps", "100", "--hyperparams", str(hyperparams)]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "retrying 2 failed run(s) once" in captured.out + captured.err
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert sorted(runs["variant"]) == ["steady", "steady"]  # boom's failures removed none of steady's seeds
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**boom: 2 of 2 runs failed** (2 after 2 attempt(s))" in report
+    assert "Failed runs are left out of the statistics" in report
+    assert main([*argv, "--out", str(tmp_path / "out"), "--report-only", "--failed-as-random"]) == 1
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index(["variant", "seed"])
+    random_policy = load_reference_scores()["CartPole-v1"].random_mean
+    assert runs.loc[("boom", 0), "final_score"] == random_policy and isinstance(runs.loc[("boom", 0), "failed"], str)
+    assert "scored as the random policy" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_two_local_workers_run_every_cell_exactly_once(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main([*GRID, "--workers", "2", "--out", str(out)]) == 0
@@ -534,10 +590,15 @@ def test_two_commands_on_one_postgresql_study_run_every_cell_exactly_once(tmp_pa
 STARTER = """
 import importlib.util, os, sys, time
 from pathlib import Path
-# storage.py alone (optuna, no torch): three interpreters importing torch on two busy cores would not start together
-spec = importlib.util.spec_from_file_location("storage", sys.argv[3])
-storage = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(storage)
+# storage.py and liveness.py alone (optuna, no torch): three interpreters importing torch on two busy cores would not
+# start together
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+load("sb3_ppo_variants.studies.liveness", sys.argv[3].replace("storage.py", "liveness.py"))
+storage = load("storage", sys.argv[3])
 ready = Path(sys.argv[2])
 (ready / str(os.getpid())).touch()
 deadline = time.time() + 120

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import subprocess
 import sys
 
@@ -113,7 +115,7 @@ def test_held_out_prompts_never_in_training_episodes():
     train = ArithmeticEnv(digits=(1, 2), held_out_fraction=0.2, split_seed=5)
     held_out = ArithmeticEnv(digits=(1, 2), held_out_fraction=0.2, split_seed=5, split="held_out")
     assert len(train.prompts) + len(held_out.prompts) == 100 * 100
-    assert len(held_out.prompts) == 2000
+    assert len(held_out.prompts) in (2000, 2001)  # whole twin pairs: one problem over 20% at most
     assert set(train.prompts).isdisjoint(held_out.prompts)
     assert set(train.other_prompts) == set(held_out.prompts)
     held = set(held_out.prompts)
@@ -125,6 +127,89 @@ def test_held_out_prompts_never_in_training_episodes():
     assert seen.isdisjoint(held) and len(seen) > 2000
     # another split seed, another split
     assert set(ArithmeticEnv(digits=(1, 2), split_seed=6, split="held_out").prompts) != held
+
+
+SPLIT_SETTINGS = [
+    {"operators": operators, **digits}
+    for operators in ("+", "-", "*", "+-*")
+    for digits in ({"digits": 1}, {"digits": 2}, {"digits": (1, 2)}, {"operands": [0, 3, 7, 11, 250]})
+]
+
+
+@pytest.mark.parametrize("settings", SPLIT_SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
+@pytest.mark.parametrize(("fraction", "split_seed"), [(0.2, 0), (0.5, 3)])
+def test_held_out_split_keeps_commuted_twins_together(settings, fraction, split_seed):
+    """For + and *, a+b and b+a (the same answer) are on the same side of the split; every problem is on exactly one
+    side; at least ``held_out_fraction`` of the problems are held out, one twin more at most."""
+    kwargs = {**settings, "held_out_fraction": fraction, "split_seed": split_seed}
+    train = ArithmeticEnv(**kwargs)
+    held_out = ArithmeticEnv(**kwargs, split="held_out")
+    values = sorted(settings.get("operands") or {1: range(10), 2: range(10, 100), (1, 2): range(100)}[settings["digits"]])
+    every = {f"{a}{op}{b}=" for op in settings["operators"] for a in values for b in values}
+    held, trained = set(held_out.prompts), set(train.prompts)
+    assert held | trained == every and held.isdisjoint(trained)
+    assert len(held) + len(trained) == len(every)  # no prompt twice within a split
+    assert set(train.other_prompts) == held and set(held_out.other_prompts) == trained
+    needed = math.ceil(fraction * len(every))
+    assert needed <= len(held) <= needed + 1
+    twins = 0
+    for prompt in held:
+        a, op, b = re.fullmatch(r"([0-9]+)([-+*])([0-9]+)=", prompt).groups()
+        if op in "+*":
+            assert f"{b}{op}{a}=" in held, prompt
+            twins += a != b
+        else:
+            assert f"{b}{op}{a}=" in every
+    assert twins > 0 or set(settings["operators"]) == {"-"}
+    assert all(answer == str(eval(prompt[:-1])) for prompt, answer in zip(held_out.prompts, held_out.answers))
+
+
+def test_the_split_by_prompt_string_had_twins_in_training():
+    """The defect the twin-aware split fixes, counted on the issue's setting (+ and *, two digits, 20% held out): a
+    split by prompt string left 2,590 held-out prompts whose twin was trained on; this split leaves none."""
+    settings = {"operators": "+*", "digits": 2}
+    held_out = ArithmeticEnv(**settings, split="held_out")
+    trained = set(ArithmeticEnv(**settings).prompts)
+    assert not [p for p in held_out.prompts if f"{p[3:5]}{p[2]}{p[:2]}=" in trained]
+    order = np.random.default_rng(0).permutation(2 * 90 * 90)  # the old split: shuffled problems, first 20% held out
+    every = [f"{a}{op}{b}=" for op in "+*" for a in range(10, 100) for b in range(10, 100)]
+    old_held = {every[i] for i in order[: math.ceil(0.2 * len(every))]}
+    assert sum(f"{p[3:5]}{p[2]}{p[:2]}=" not in old_held for p in old_held) == 2590
+
+
+def test_reward_fn_scores_answers_that_end_with_the_end_token():
+    calls = []
+
+    def score(prompt: str, answer_text: str) -> float:
+        calls.append((prompt, answer_text))
+        return 0.25 * len(answer_text) - (answer_text == "85")
+
+    env = ArithmeticEnv(digits=2, reward_fn=score)
+    prompt = env.prompts[0]
+    assert answer(env, prompt, "85")[0] == 0.25 * 2 - 1
+    reward, _, info = answer(env, prompt, env.answers[0])
+    assert reward == 0.25 * len(env.answers[0]) - (env.answers[0] == "85") and info["is_correct"]
+    assert answer(env, prompt, "8+5")[0] == 0.75 and not answer(env, prompt, "8+5")[2]["is_correct"]
+    assert calls[:3] == [(prompt, "85"), (prompt, env.answers[0]), (prompt, "8+5")]
+    n_calls = len(calls)
+    assert answer(env, prompt, "1234", end=False)[0] == 0.0  # too long: 0, no call
+    env.reset(options={"prompt_index": 0})
+    assert env.step(env.pad_token_id)[1] == 0.0  # malformed: 0, no call
+    assert len(calls) == n_calls
+    # through gymnasium's registry, as make_vec_env builds it
+    made = gym.make(ENV_ID, digits=2, reward_fn=lambda p, a: 7.0).unwrapped
+    assert answer(made, made.prompts[0], "1")[0] == 7.0
+
+
+def test_reward_fn_bad_input():
+    with pytest.raises(TypeError, match=r"reward_fn must be a callable \(prompt, answer_text\) -> float or None, got 3"):
+        ArithmeticEnv(reward_fn=3)
+    with pytest.raises(ValueError, match="give reward or reward_fn, not both: reward='digits'"):
+        ArithmeticEnv(reward="digits", reward_fn=lambda p, a: 0.0)
+    for bad in ("high", float("nan"), None):
+        env = ArithmeticEnv(digits=1, reward_fn=lambda p, a, bad=bad: bad)
+        with pytest.raises(ValueError, match=rf"reward_fn=.* must return a finite number, returned {bad!r} for \('"):
+            answer(env, env.prompts[0], "1")
 
 
 def test_env_bad_input():
@@ -333,7 +418,8 @@ def test_fine_tuning_beats_the_reference_and_writes_a_report(reference, tmp_path
     (run_result,) = results["runs"]
     assert summary["reference_held_out_accuracy"] == metadata["held_out_accuracy"]
     assert run_result["held_out_accuracy"] >= metadata["held_out_accuracy"] + 0.05, (run_result, metadata)
-    assert 0 < run_result["final_kl_ref"] < 1
+    assert 0 < run_result["kl_per_response"] < 3
+    assert run_result["evaluations"][0]["accuracy"] == summary["reference_eval_accuracy"]  # the curve starts at the reference
     report = (tmp_path / "report" / "report.md").read_text()
     assert "kl_reward" in report and f"{run_result['held_out_accuracy']:.3f}" in report
     assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
@@ -360,7 +446,7 @@ def test_a_gpt2_tokenizer_and_checkpoint_take_the_same_code_path(tmp_path):
     assert tokenizer.pad_token_id == tokenizer.eos_token_id == 14  # GPT-2 has no padding token: its end token pads
     env = ArithmeticEnv(digits=1, tokenizer=str(directory))
     assert env.action_space.n == 15 and env.pad_token_id == env.eos_token_id == 14
-    assert answer(env, "3+4=", "7")[0] == 1.0
+    assert answer(env, env.prompts[0], env.answers[0])[0] == 1.0
     special = {"pad_token_id": 14, "eos_token_id": 14, "bos_token_id": 14}
     policy = TransformerPolicy(env.observation_space, env.action_space, ConstantSchedule(0.0), model_config=TINY | special)
     policy.save_pretrained(directory, tokenizer)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -262,3 +264,158 @@ def test_an_unreadable_reference_path_is_a_value_error_naming_kl_reference(tmp_p
         ClipKLPPO("MlpPolicy", "CartPole-v1", kl_reference=str(garbage))
     with pytest.raises(ValueError, match=r"kl_reference='.*nowhere': cannot load a reference policy"):
         ClipKLPPO("MlpPolicy", "CartPole-v1", kl_reference=tmp_path / "nowhere")
+
+
+# --- The KL to a reference in the reward, as TRL does it (per token, at the sampled action) -------------------------
+
+
+class OneStepBandit(gym.Env):
+    """Two actions, one step: reward 1 for action 0, 0 for action 1 (the same observation every time)."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return np.ones(1, np.float32), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return np.ones(1, np.float32), float(action == 0), True, False, {}
+
+
+class FixedLengthEpisodes(gym.Env):
+    """Episodes (responses) of exactly ``length`` steps, reward 0: the counting of responses is known by hand."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self, length: int = 4):
+        self.length, self.t = length, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.t += 1
+        return np.full(1, self.t / self.length, np.float32), 0.0, self.t == self.length, False, {}
+
+
+LINEAR = {"net_arch": {"pi": [], "vf": []}}  # logits = W obs + b: on the bandit's constant observation, any distribution
+P_REF = 0.05
+
+
+def _bandit_reference(seed: int) -> th.nn.Module:
+    """A policy of the bandit with pi_ref(action 0) = 0.05 (a linear policy whose weights are 0 and biases the logits)."""
+    reference = ClipPPO("MlpPolicy", OneStepBandit(), policy_kwargs=LINEAR, seed=seed).policy
+    with th.no_grad():
+        reference.action_net.weight.zero_()
+        reference.action_net.bias.copy_(th.tensor([math.log(P_REF), math.log(1 - P_REF)]))
+    return reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("beta", "tolerance"), [(5.0, 0.04), (0.5, 0.07)])
+@pytest.mark.parametrize("place", ["loss", "reward"])
+def test_both_placements_reach_the_kl_regularised_optimum_of_a_bandit(place: str, beta: float, tolerance: float) -> None:
+    # pi*(a) ~ pi_ref(a) exp(r(a) / beta): 0.060 at beta 5, 0.280 at beta 0.5. In the reward the KL used to be the
+    # state's KL alone, which exerts no pull on the action taken (0.50 and 0.54 here); k1 at the sampled action does.
+    # Without advantage normalisation, which would rescale the reward and so the effective beta (see NOTES.md).
+    weight = P_REF * math.exp(1 / beta)
+    optimum = weight / (weight + 1 - P_REF)
+    reference = _bandit_reference(seed=0)
+    model = ClipKLPPO(
+        "MlpPolicy", OneStepBandit(), learning_rate="lin_0.1", n_steps=128, batch_size=128, n_epochs=4,
+        normalize_advantage=False, policy_kwargs=LINEAR, seed=0, kl_coef=beta, kl_reference=reference,
+        kl_reference_in=place,
+    )  # fmt: skip
+    assert model.kl_estimator == ("k1" if place == "reward" else "exact")
+    model.policy.action_net.load_state_dict(reference.action_net.state_dict())  # start at the reference, as in RLHF
+    model.learn(2048)
+    with th.no_grad():
+        p = model.policy.get_distribution(th.ones(1, 1)).distribution.probs[0, 0].item()
+    assert abs(p - optimum) < tolerance, (p, optimum)
+
+
+def _shifted_reference() -> th.nn.Module:
+    """Another CartPole policy, its action logits shifted by (0.5, -0.5): a KL to the model's of about 0.1 per step."""
+    reference = ClipPPO("MlpPolicy", "CartPole-v1", seed=1).policy
+    with th.no_grad():
+        reference.action_net.bias.add_(th.tensor([0.5, -0.5]))
+    return reference
+
+
+@pytest.mark.parametrize("estimator", ["k1", "abs", "k2", "k3"])
+def test_the_reward_penalty_is_the_estimator_at_the_sampled_action(estimator: str) -> None:
+    reference = _shifted_reference()
+    model = KLPPO(
+        "MlpPolicy", "CartPole-v1", kl_reference=reference, kl_reference_in="reward", kl_estimator=estimator,
+        kl_coef=2.0, **SMALL,
+    )  # fmt: skip
+    model.learn(64)
+    buffer = model.rollout_buffer
+    assert buffer.ref_dist_params is None  # only the taken action's log-probability is kept, not the full rows
+    log_r = th.as_tensor(buffer.reference_log_prob - buffer.log_probs, dtype=th.float64)  # log pi_ref(a) - log pi_old(a)
+    by_hand = {"k1": -log_r, "abs": log_r.abs(), "k2": log_r**2 / 2, "k3": th.expm1(log_r) - log_r}[estimator]
+    # float32 storage of the log-probabilities and of the estimate
+    np.testing.assert_allclose(buffer.reference_kl, by_hand.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.abs(buffer.reference_kl).max() > 0.05
+    # CartPole pays 1 per step (no truncation within 64 steps): the stored reward is 1 - beta * k(a_t)
+    np.testing.assert_allclose(buffer.rewards, 1.0 - 2.0 * buffer.reference_kl, rtol=1e-6)
+    # the reference's log-probability of the taken action is its distribution's
+    observations = th.as_tensor(buffer.observations.reshape(-1, 4))
+    with th.no_grad():
+        expected = model.reference_policy.get_distribution(observations).log_prob(th.as_tensor(buffer.actions.reshape(-1)))
+    np.testing.assert_allclose(buffer.reference_log_prob.reshape(-1), expected.numpy(), rtol=1e-6)
+
+
+def test_full_reward_penalty_and_the_loss_placement_keep_the_exact_kl() -> None:
+    reference = _shifted_reference()
+    for kwargs in ({"kl_reference_in": "reward", "kl_estimator": "full"}, {"kl_reference_in": "loss"}):
+        model = KLPPO("MlpPolicy", "CartPole-v1", kl_reference=reference, **kwargs, **SMALL).learn(64)
+        buffer = model.rollout_buffer
+        assert buffer.ref_dist_params is not None
+        old, ref = th.as_tensor(buffer.old_dist_params), th.as_tensor(buffer.ref_dist_params)
+        exact = th.distributions.kl_divergence(
+            th.distributions.Categorical(logits=old), th.distributions.Categorical(logits=ref)
+        )
+        np.testing.assert_allclose(buffer.reference_kl.reshape(-1), exact.numpy(), rtol=1e-5, atol=1e-7)  # float32
+    with pytest.raises(ValueError, match="kl_estimator must be 'exact' with a kl_reference in the loss, got 'k1'"):
+        KLPPO("MlpPolicy", "CartPole-v1", kl_reference=reference, kl_estimator="k1")
+    with pytest.raises(ValueError, match=r"kl_estimator must be one of \('k1', 'abs', 'k2', 'k3', 'full'\), got 'exact'"):
+        KLPPO("MlpPolicy", "CartPole-v1", kl_reference=reference, kl_reference_in="reward", kl_estimator="exact")
+
+
+@pytest.mark.parametrize(("kl_target", "factor"), [(1e6, 1 - 0.2 * 8 / 80), (1e-9, 1 + 0.2 * 8 / 80)])
+@pytest.mark.parametrize("place", ["loss", "reward"])
+def test_proportional_controller_with_a_reference_counts_responses(place: str, kl_target: float, factor: float) -> None:
+    # TRL's units: d = KL per response (summed over its tokens), n = responses per update. Two envs of 16 steps each,
+    # responses of exactly 4 steps: n = 8 (not 32 steps). With a target far above (below) any KL the error is clipped to
+    # -0.2 (+0.2): beta *= 1 -+ 0.2 * 8 / 80 -- per step it would have been 1 -+ 0.2 * 32 / 80.
+    reference = ClipPPO("MlpPolicy", FixedLengthEpisodes(), seed=1).policy
+    env = make_vec_env(FixedLengthEpisodes, n_envs=2, seed=0)
+    model = KLPPO(
+        "MlpPolicy", env, n_steps=16, batch_size=32, n_epochs=1, seed=0, kl_penalty="proportional", kl_coef=0.5,
+        kl_target=kl_target, kl_horizon=80, kl_reference=reference, kl_reference_in=place,
+    )  # fmt: skip
+    logger = _recorded(model)
+    model.learn(32)
+    logger.flush_pending()
+    assert model.rollout_buffer.responses() == 8
+    assert model.kl_controller.value == pytest.approx(0.5 * factor, rel=1e-12)
+    # logged in both units: a response is 4 steps
+    assert logger.history["train/kl_ref_per_response"][0] == pytest.approx(4 * logger.history["train/kl_ref"][0], rel=1e-12)
+    assert logger.history["train/kl_ref"][0] > 0
+
+
+def test_responses_are_the_episodes_that_ended_in_the_rollout() -> None:
+    # 2 envs x 5 steps: env 0 ends episodes at its 2nd and 4th steps (its 3rd and 5th start new ones; its 1st start
+    # is the previous rollout's end), env 1 only after the last step (the dones given to compute_returns_and_advantage).
+    env = make_vec_env(FixedLengthEpisodes, n_envs=2, seed=0)
+    model = KLPPO("MlpPolicy", env, n_steps=5, batch_size=10, seed=0)
+    buffer = model.rollout_buffer
+    buffer.reset()
+    buffer.episode_starts[:] = np.array([[1, 0], [0, 0], [1, 0], [0, 0], [1, 0]], dtype=np.float32)
+    buffer.compute_returns_and_advantage(th.zeros(2), np.array([0, 1]))
+    assert buffer.responses() == 3

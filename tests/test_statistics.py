@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
+from math import comb
+
 import numpy as np
 import pandas as pd
 import pytest
+from rliable import library as rly
+from rliable import metrics
+from scipy.stats import mannwhitneyu
 
 from sb3_ppo_variants.studies.reference import load_reference_scores, normalize
 from sb3_ppo_variants.studies.statistics import (
     AGGREGATE,
+    ALPHA,
     curve_intervals,
     interval_estimates,
+    permutation_p_value,
     probability_of_improvement,
     score_matrices,
     summarize,
+    verdict,
 )
 
 REPS = 300  # enough for the properties below; the tool's default is 2000
@@ -92,6 +101,91 @@ def test_intervals_are_reproducible_and_leave_the_global_generator_alone() -> No
     other_seed = interval_estimates(scores, reps=REPS, seed=6)
     pd.testing.assert_frame_equal(first, second)
     assert not np.allclose(first["low"], other_seed["low"])
+
+
+def test_probability_of_improvement_is_rliables_and_its_interval_matches_rliables_bootstrap() -> None:
+    x, y = _scores(3, runs=6, tasks=2), _scores(4, runs=5, tasks=2)
+    row = probability_of_improvement({"x": x, "y": y}, baseline="y", reps=1000).iloc[0]
+    assert row["probability"] == metrics.probability_of_improvement(x, y)
+    np.random.seed(0)
+    _, rliable_interval = rly.get_interval_estimates({"p": (x, y)}, metrics.probability_of_improvement, reps=1000)
+    # Two bootstraps of the same scheme with different random draws: the ends differ by Monte Carlo error only
+    # (the ends' standard error at 1000 replications is ~0.015 here).
+    assert np.ravel(rliable_interval["p"]) == pytest.approx([row["low"], row["high"]], abs=0.05)
+
+
+def test_the_exact_test_at_three_seeds_cannot_go_below_one_tenth() -> None:
+    high, low = np.array([[1.0], [2.0], [3.0]]), np.array([[-1.0], [-2.0], [-3.0]])
+    row = probability_of_improvement({"high": high, "low": low}, baseline="low", reps=REPS).iloc[0]
+    assert (row["probability"], row["low"], row["high"]) == (1.0, 1.0, 1.0)  # the bootstrap alone says "certain"
+    assert row["p_value"] == 2 / comb(6, 3)  # 3 beat 3 outright, or 3 lose outright: 2 of the 20 splits
+    assert row["verdict"] == "no clear difference"
+    five = probability_of_improvement({"high": np.arange(5.0, 10.0)[:, None], "low": np.arange(5.0)[:, None]}, "low")
+    assert five.iloc[0]["p_value"] == 2 / comb(10, 5) and five.iloc[0]["verdict"] == "better"
+
+
+@pytest.mark.parametrize(("n", "m", "seed"), [(3, 3, 0), (5, 5, 1), (4, 7, 2), (10, 10, 3)])
+def test_the_exact_test_on_one_task_is_the_exact_mann_whitney_test(n: int, m: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(n, 1)), rng.normal(size=(m, 1))
+    # Two exact computations of the same distribution, summed in different orders: equal to float rounding.
+    assert permutation_p_value(x, y) == pytest.approx(mannwhitneyu(x[:, 0], y[:, 0], method="exact").pvalue, rel=1e-12)
+
+
+def test_the_exact_test_with_ties_and_several_tasks_counts_every_split() -> None:
+    x = np.array([[1.0, 2.0], [1.0, 3.0], [2.0, 2.0]])
+    y = np.array([[1.0, 1.0], [2.0, 2.0], [0.0, 3.0], [1.0, 2.0]])
+    pooled = np.concatenate([x, y])
+
+    def statistic(chosen: tuple[int, ...]) -> float:
+        mask = np.isin(np.arange(len(pooled)), chosen)
+        return float(metrics.probability_of_improvement(pooled[mask], pooled[~mask]))
+
+    observed = statistic((0, 1, 2))
+    splits = list(itertools.combinations(range(len(pooled)), len(x)))
+    # P(X > Y) of a split is a multiple of 1/(2 n m T) = 1/48: compare distances to 0.5 in those units.
+    extreme = sum(round(48 * abs(statistic(c) - 0.5)) >= round(48 * abs(observed - 0.5)) for c in splits)
+    assert permutation_p_value(x, y) == extreme / len(splits)
+
+
+def test_the_verdict_needs_the_interval_and_the_test() -> None:
+    assert verdict(0.9, 0.6, 1.0, 0.01) == "better"
+    assert verdict(0.1, 0.0, 0.4, 0.01) == "worse"
+    assert verdict(0.9, 0.6, 1.0, 0.1) == "no clear difference"  # the interval alone
+    assert verdict(0.7, 0.45, 0.9, 0.01) == "no clear difference"  # the test alone
+    assert verdict(0.9, 0.6, 1.0, ALPHA) == "no clear difference"  # p < alpha, strictly
+
+
+#: Repetitions of a synthetic study per setting, and bootstrap replications per comparison: the rule's calibration
+#: within a few seconds (the exact test needs no replications; 500 bootstrap replications move the interval's ends by
+#: Monte Carlo error only).
+CALIBRATION_REPETITIONS = 300
+CALIBRATION_REPS = 500
+
+
+def _verdicts(n: int, shift: float, seed: int) -> list[str]:
+    """Verdicts of X (normal, mean ``shift`` sd) against Y (standard normal), n runs each, one task."""
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(CALIBRATION_REPETITIONS):
+        scores = {"x": rng.normal(shift, 1.0, size=(n, 1)), "y": rng.normal(0.0, 1.0, size=(n, 1))}
+        found.append(probability_of_improvement(scores, "y", reps=CALIBRATION_REPS).iloc[0]["verdict"])
+    return found
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+def test_identical_arms_get_a_verdict_in_at_most_five_percent_of_studies(n: int) -> None:
+    found = _verdicts(n, 0.0, seed=n)
+    rate = sum(v != "no clear difference" for v in found) / len(found)
+    assert rate <= 0.05, rate
+    if n == 3:
+        assert rate == 0.0  # the exact test's floor at 3 vs 3 is p = 0.1
+
+
+def test_a_shift_of_one_and_a_half_standard_deviations_at_ten_seeds_is_found_in_most_studies() -> None:
+    found = _verdicts(10, 1.5, seed=100)
+    assert sum(v == "better" for v in found) / len(found) >= 0.7
+    assert "worse" not in found
 
 
 def test_baseline_must_be_present() -> None:

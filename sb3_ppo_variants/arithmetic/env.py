@@ -7,7 +7,13 @@ token (the answer is then scored), emits the padding token (malformed, reward 0)
 ``max_answer_tokens`` without an end token (too long, reward 0).
 
 The problems (every operand pair with every operator) are split once, by ``split_seed``, into a training set and a
-held-out set (``held_out_fraction`` of them); an environment poses only the problems of its ``split``.
+held-out set (``held_out_fraction`` of them); an environment poses only the problems of its ``split``. The split is by
+problem up to commutation: for a commutative operator (``+``, ``*``) ``a+b`` and its twin ``b+a`` (the same answer)
+fall on the same side, so a held-out prompt's twin is never trained on.
+
+The reward is the built-in exact (or shaped) score against the correct answer, or any scorer of one's own:
+``ArithmeticEnv(reward_fn=score)`` with ``score(prompt, answer_text) -> float`` (the hook where TRL users plug in a
+reward model).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from gymnasium import spaces
 from sb3_ppo_variants.arithmetic.tokenizer import CharTokenizer, load_tokenizer
 
 __all__ = [
+    "COMMUTATIVE",
     "ENV_ID",
     "OPERATORS",
     "REWARDS",
@@ -39,6 +46,8 @@ __all__ = [
 
 ENV_ID = "sb3pv/Arithmetic-v0"
 OPERATORS: dict[str, Callable[[int, int], int]] = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+#: The operators for which ``a op b == b op a``: a problem and its commuted twin are held out together.
+COMMUTATIVE = frozenset({"+", "*"})
 REWARDS = ("exact", "digits")
 SPLITS = ("train", "held_out")
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -75,6 +84,43 @@ def _operand_values(digits: int | Sequence[int], operands: Sequence[int] | None)
     return sorted(ranges)
 
 
+def _call_reward_fn(reward_fn: Callable[[str, str], float], prompt: str, answer: str) -> float:
+    value = reward_fn(prompt, answer)
+    try:
+        reward = float(value)
+    except (TypeError, ValueError):
+        reward = math.nan
+    if not math.isfinite(reward):
+        raise ValueError(f"reward_fn={reward_fn!r} must return a finite number, returned {value!r} for {(prompt, answer)!r}")
+    return reward
+
+
+def _held_out_problems(
+    operators: Sequence[str], values: Sequence[int], held_out_fraction: float, split_seed: int
+) -> list[bool]:
+    """Whether each problem (in the order operator, first operand, second operand) is held out.
+
+    The problems are grouped by what they ask up to commutation (``a+b`` with ``b+a``; ``a-b`` alone), the groups
+    shuffled with ``split_seed``, and whole groups held out in that order until at least ``held_out_fraction`` of the
+    problems are (one twin more at most).
+    """
+    group_of: dict[tuple[str, int, int], int] = {}
+    groups = []
+    for op in operators:
+        for a in values:
+            for b in values:
+                key = (op, min(a, b), max(a, b)) if op in COMMUTATIVE else (op, a, b)
+                groups.append(group_of.setdefault(key, len(group_of)))
+    sizes = np.bincount(groups)
+    order = np.random.default_rng(split_seed).permutation(len(sizes))
+    n_held_out = max(1, math.ceil(held_out_fraction * len(groups)))
+    # the shortest prefix of the shuffled groups that holds n_held_out problems
+    n_groups = int(np.searchsorted(np.cumsum(sizes[order]), n_held_out)) + 1
+    held = np.zeros(len(sizes), dtype=bool)
+    held[order[:n_groups]] = True
+    return held[groups].tolist()
+
+
 class ArithmeticEnv(gym.Env[np.ndarray, np.int64]):
     """Arithmetic problems answered token by token (see the module docstring).
 
@@ -86,6 +132,12 @@ class ArithmeticEnv(gym.Env[np.ndarray, np.int64]):
     :param split_seed: seeds the split of the problems into training and held-out sets (not the episodes)
     :param reward: ``"exact"`` (1 for an exactly correct answer, else 0) or ``"digits"`` (shaped, see
         :func:`answer_score`)
+    :param reward_fn: one's own scorer instead of ``reward``: a callable ``(prompt, answer_text) -> float``, e.g.
+        ``reward_fn("37+48=", "85")``, called once per answer that ends with the end token (``answer_text`` is the
+        decoded text before it, possibly malformed such as ``"8+5"``); an answer that ends with a padding token or
+        runs past ``max_answer_tokens`` gets 0 without a call. The hook for a reward model (TRL's PPO scores the
+        response with one). It must return a finite number; for ``SubprocVecEnv`` it must be picklable (a
+        module-level function, not a lambda). ``info["is_correct"]`` still says whether the answer is exact.
     :param max_answer_tokens: the most tokens an answer may take, end token included (default: the longest correct
         answer plus one)
     :param obs_length: the observation's length (default: the longest prompt plus ``max_answer_tokens``); must hold
@@ -108,6 +160,7 @@ class ArithmeticEnv(gym.Env[np.ndarray, np.int64]):
         held_out_fraction: float = 0.2,
         split_seed: int = 0,
         reward: str = "exact",
+        reward_fn: Callable[[str, str], float] | None = None,
         max_answer_tokens: int | None = None,
         obs_length: int | None = None,
         tokenizer: Any = None,
@@ -121,11 +174,16 @@ class ArithmeticEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+        if reward_fn is not None and not callable(reward_fn):
+            raise TypeError(f"reward_fn must be a callable (prompt, answer_text) -> float or None, got {reward_fn!r}")
+        if reward_fn is not None and reward != "exact":
+            raise ValueError(f"give reward or reward_fn, not both: reward={reward!r} with reward_fn={reward_fn!r}")
         if not isinstance(held_out_fraction, (int, float)) or not 0 < held_out_fraction < 1:
             raise ValueError(f"held_out_fraction must be a float in (0, 1), got {held_out_fraction!r}")
         self.operators = tuple(operators)
         self.split = split
         self.reward = reward
+        self.reward_fn = reward_fn
         self.render_mode = render_mode
         if tokenizer is None:
             tokenizer = CharTokenizer()
@@ -137,22 +195,21 @@ class ArithmeticEnv(gym.Env[np.ndarray, np.int64]):
 
         values = _operand_values(digits, operands)
         problems = [(f"{a}{op}{b}=", str(OPERATORS[op](a, b))) for op in self.operators for a in values for b in values]
-        order = np.random.default_rng(split_seed).permutation(len(problems))
-        n_held_out = max(1, math.ceil(held_out_fraction * len(problems)))
-        if n_held_out >= len(problems):
+        held_out = _held_out_problems(self.operators, values, held_out_fraction, split_seed)
+        if all(held_out):
             raise ValueError(f"held_out_fraction={held_out_fraction} leaves no training problem out of {len(problems)}")
-        chosen = order[:n_held_out] if split == "held_out" else order[n_held_out:]
+        chosen = [i for i in range(len(problems)) if held_out[i] == (split == "held_out")]
+        other = [i for i in range(len(problems)) if held_out[i] != (split == "held_out")]
         #: The prompts of this split and their correct answers, in a fixed order.
-        self.prompts = [problems[i][0] for i in sorted(chosen)]
-        self.answers = [problems[i][1] for i in sorted(chosen)]
+        self.prompts = [problems[i][0] for i in chosen]
+        self.answers = [problems[i][1] for i in chosen]
         #: The prompts of the other split (the held-out prompts, in a training env).
-        other = order[n_held_out:] if split == "held_out" else order[:n_held_out]
-        self.other_prompts = [problems[i][0] for i in sorted(other)]
+        self.other_prompts = [problems[i][0] for i in other]
         try:
             encoded = [(tokenizer.encode(prompt), tokenizer.encode(answer)) for prompt, answer in problems]
         except ValueError as error:
             raise ValueError(f"tokenizer {tokenizer!r} cannot encode every problem: {error}") from None
-        self._prompt_ids = [np.asarray(encoded[i][0], dtype=np.int64) for i in sorted(chosen)]
+        self._prompt_ids = [np.asarray(encoded[i][0], dtype=np.int64) for i in chosen]
 
         longest_prompt = max(len(prompt_ids) for prompt_ids, _ in encoded)
         longest_answer = max(len(answer_ids) for _, answer_ids in encoded)
@@ -212,8 +269,11 @@ class ArithmeticEnv(gym.Env[np.ndarray, np.int64]):
         info: dict[str, Any] = {"prompt": self.prompts[self._problem], "correct_answer": self.answers[self._problem]}
         if token == self.eos_token_id:
             info["answer"] = self.tokenizer.decode(answer_ids[:-1].tolist())
-            reward = answer_score(info["answer"], self.answers[self._problem], self.reward)
-            info["is_correct"] = reward == 1.0
+            info["is_correct"] = info["answer"] == self.answers[self._problem]
+            if self.reward_fn is None:
+                reward = answer_score(info["answer"], self.answers[self._problem], self.reward)
+            else:
+                reward = _call_reward_fn(self.reward_fn, info["prompt"], info["answer"])
             return self._tokens.copy(), reward, True, False, info
         if token == self.pad_token_id or self._n_answer >= self.max_answer_tokens:
             # A padding token is not an answer; an answer without an end token within the limit is too long.

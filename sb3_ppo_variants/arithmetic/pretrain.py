@@ -2,7 +2,10 @@
 the training problems, stopped as soon as greedy accuracy on training prompts reaches ``target_accuracy``.
 
 The model is saved with ``save_pretrained`` (with its tokenizer and a ``pretraining.json`` of the settings and
-accuracies) and reused by the next run with the same settings.
+accuracies) and reused by the next run with the same settings. Pretraining writes only into a directory of its own:
+one it creates (and marks with ``pretraining.json`` before anything else is written). It refuses any other existing
+directory, so a user's checkpoint is never overwritten; to start from an existing model, pass it as the policy's
+``model_path`` (``sb3pv-arithmetic --model-path DIR``) instead.
 """
 
 from __future__ import annotations
@@ -20,10 +23,28 @@ from sb3_ppo_variants.arithmetic.env import ArithmeticEnv, greedy_accuracy, prom
 from sb3_ppo_variants.arithmetic.policy import TransformerPolicy
 from sb3_ppo_variants.schedules import ConstantSchedule
 
-__all__ = ["METADATA_FILE", "answer_batches", "pretrain_reference"]
+__all__ = ["METADATA_FILE", "answer_batches", "is_pretraining_directory", "pretrain_reference"]
 
 #: The file next to the saved model that records how it was trained and how well it does.
 METADATA_FILE = "pretraining.json"
+_CREATOR = "sb3_ppo_variants.arithmetic.pretrain_reference"
+
+
+def _read_metadata(directory: Path) -> dict[str, Any] | None:
+    try:
+        metadata = json.loads((directory / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def is_pretraining_directory(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` was created by :func:`pretrain_reference` (its ``pretraining.json`` says so; a file
+    written before that mark existed is recognised by its ``settings`` and ``steps``)."""
+    metadata = _read_metadata(Path(directory))
+    if metadata is None:
+        return False
+    return metadata.get("created_by") == _CREATOR or ("settings" in metadata and "steps" in metadata)
 
 
 def answer_batches(env: ArithmeticEnv) -> tuple[th.Tensor, th.Tensor]:
@@ -61,7 +82,8 @@ def pretrain_reference(
 ) -> dict[str, Any]:
     """Train a reference language model on the training problems of ``ArithmeticEnv(**env_kwargs)`` and save it.
 
-    :param directory: where the model, its tokenizer and ``pretraining.json`` go
+    :param directory: where the model, its tokenizer and ``pretraining.json`` go: a directory this function creates,
+        or one it created before (see :func:`is_pretraining_directory`); any other existing directory is refused
     :param env_kwargs: the environment's settings (the held-out prompts are never trained on)
     :param model_config: ``GPT2Config`` settings over ``DEFAULT_MODEL_CONFIG``
     :param target_accuracy: stop once greedy accuracy on ``n_eval_prompts`` training prompts reaches it, in (0, 1]
@@ -70,6 +92,7 @@ def pretrain_reference(
     :param reuse: return the saved model's metadata, without training, when ``directory`` holds a model trained with
         the same settings
     :return: the metadata: the settings, ``steps``, ``train_accuracy``, ``held_out_accuracy``, ``seconds``
+    :raises ValueError: when ``directory`` exists and was not created by this function
     """
     if not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy!r}")
@@ -87,10 +110,19 @@ def pretrain_reference(
     }
     path = Path(directory)
     metadata_file = path / METADATA_FILE
-    if reuse and metadata_file.is_file():
-        metadata = json.loads(metadata_file.read_text())
-        if metadata.get("settings") == json.loads(json.dumps(settings)):
+    if path.exists():
+        if not is_pretraining_directory(path):
+            raise ValueError(
+                f"directory {str(directory)!r} exists and was not created by pretraining (it has no {METADATA_FILE} of "
+                "ours): pretraining writes only into a directory of its own, never over a user's files. Give a new "
+                "directory, or start from the model in this one with model_path (sb3pv-arithmetic --model-path DIR)"
+            )
+        metadata = _read_metadata(path) or {}
+        if reuse and "steps" in metadata and metadata.get("settings") == json.loads(json.dumps(settings)):
             return metadata
+    else:
+        path.mkdir(parents=True)
+        metadata_file.write_text(json.dumps({"created_by": _CREATOR, "settings": settings}, indent=1))
 
     start = time.perf_counter()
     th.manual_seed(seed)
@@ -124,6 +156,7 @@ def pretrain_reference(
                 break
     policy.set_training_mode(False)
     metadata = {
+        "created_by": _CREATOR,
         "settings": settings,
         "steps": step,
         "train_accuracy": train_accuracy,

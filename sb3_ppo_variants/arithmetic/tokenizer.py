@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_CHARACTERS", "TOKENIZER_FILE", "CharTokenizer", "load_tokenizer"]
+__all__ = ["DEFAULT_CHARACTERS", "TOKENIZER_FILE", "CharTokenizer", "has_tokenizer", "load_tokenizer"]
 
 #: Digits, the operators and "=": every character an arithmetic prompt or answer needs.
 DEFAULT_CHARACTERS = "0123456789+-*="
@@ -107,6 +107,17 @@ class CharTokenizer:
 
     def __repr__(self) -> str:
         return f"CharTokenizer(characters={self.characters!r})"
+
+
+#: Files of which one is in a directory where a Hugging Face tokenizer was saved with ``save_pretrained``.
+_HF_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json")
+
+
+def has_tokenizer(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` holds a saved tokenizer that :func:`load_tokenizer` can load (a ``CharTokenizer``'s file,
+    or one of a Hugging Face tokenizer's files)."""
+    path = Path(directory)
+    return any((path / name).is_file() for name in (TOKENIZER_FILE, *_HF_TOKENIZER_FILES))
 
 
 def load_tokenizer(directory: str | os.PathLike[str]) -> Any:

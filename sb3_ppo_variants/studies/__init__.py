@@ -10,7 +10,7 @@ this package. A newcomer's map, in the order a study uses the modules::
     tuning.py        a tuning trial's work: sample, train the K seeds as one batch, report to the pruner
     ablation.py      the grid: cells enqueued in batches, each cell recorded complete at most once
     runner.py        the one worker loop (study.optimize, cap, retries, catch) and train_batch(cells, protocol)
-    runs.py          a seeded solo run, advanced in segments      liveness.py   is a trial's worker still alive
+    runs.py          a seeded solo run, advanced in segments      liveness.py   dead workers (heartbeats, locks)
     outputs.py       what a study leaves behind; report.py, statistics.py (rliable), plots.py, reference.py
 
 The evaluation protocol (``EVAL_SEED_OFFSET``, ``evaluation_points``) is the algorithms' own:

@@ -16,8 +16,11 @@ two trials with one cell, only the lower-numbered can ever run it: its worker se
 other's sees it (WAITING or RUNNING). A trial that keeps nothing, or that Optuna created because the queue ran
 dry, ends PRUNED (``duplicate_of``, ``idle``) without training.
 
-**Resuming**: a cell with no COMPLETE, WAITING or RUNNING trial holding it -- never run, FAILED (an error, an
-interrupt), or its worker dead -- is enqueued again by the next command; COMPLETE cells never run again.
+**Failures and resuming**: a cell is the unit of failure: a cell whose own training raises (a non-finite loss, an
+error in its environment) is recorded in its trial's ``failures`` with the reason, and its batch's other cells
+complete. A cell with no COMPLETE, WAITING or RUNNING trial holding it -- never run, interrupted, its worker dead, or
+failed fewer than :data:`MAX_ATTEMPTS` times -- is enqueued again (the command retries a failed cell once, at
+once); COMPLETE cells never run again.
 The study's protocol (budget, evaluation frequency and episodes) is stored with the study; another protocol is
 refused (:class:`~sb3_ppo_variants.studies.storage.StudyMismatchError`), and so is another recipe for a cell that
 is already complete.
@@ -47,7 +50,6 @@ from sb3_ppo_variants.studies.runner import (
     CellResult,
     Objective,
     RunProtocol,
-    batch_mode,
     run_worker,
     train_batch,
 )
@@ -56,6 +58,7 @@ from sb3_ppo_variants.studies.storage import StudyMismatchError, open_study, pro
 __all__ = [
     "DEFAULT_MEMBERS_PER_PROCESS",
     "DEFAULT_STUDY_NAME",
+    "MAX_ATTEMPTS",
     "AblationResults",
     "CellTask",
     "Protocol",
@@ -63,6 +66,7 @@ __all__ = [
     "cell_key",
     "collect_results",
     "enqueue_missing",
+    "failures",
     "grid_status",
     "make_batches",
     "open_ablation_study",
@@ -74,9 +78,11 @@ DEFAULT_STUDY_NAME = "ablation"
 #: Cells trained together in one trial, at most.
 DEFAULT_MEMBERS_PER_PROCESS = 8
 #: User attributes an ablation trial writes while it runs (a retry inherits them, so they are cleared first).
-RUN_ATTRS = ("claimed", "results", "batch_mode", "duplicate_of", "idle")
+RUN_ATTRS = ("claimed", "results", "failures", "batch_mode", "duplicate_of", "idle")
 
 Train = Callable[[Sequence[Cell], RunProtocol], list[CellResult]]
+#: A cell that failed (an error in its own training) runs at most this many times in a study.
+MAX_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,9 @@ def make_batches(tasks: Sequence[CellTask], members_per_process: int, min_batche
     for task in tasks:
         merged = {**task.hyperparams, **task.model_kwargs}
         shape = {key: merged.get(key) for key in SHAPE_KEYS}
-        solo_only = task.algorithm not in PLAIN_VARIANTS  # a population mixes plain variants, nothing else
+        # a population hosts the plain variants and VariantPPO (factorial cells); a baseline batches with itself only.
+        # Grouping only: whether a batch trains as one population is the Population's own decision (train_batch).
+        solo_only = task.algorithm not in (*PLAIN_VARIANTS, "variant_ppo")
         signature = json.dumps([task.env_id, shape, task.algorithm if solo_only else ""], sort_keys=True, default=str)
         groups[signature].append(task)
     batches = []
@@ -215,8 +223,26 @@ def _holders(trials: Iterable[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
     return holders
 
 
-def _same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+#: What a cell trains: two recipes with these equal are the same run (where the settings were read from is not).
+TRAINING_FIELDS = ("algorithm", "hyperparams", "model_kwargs")
+
+
+def _training(recipe: dict[str, Any]) -> str:
+    return json.dumps({name: recipe[name] for name in TRAINING_FIELDS}, sort_keys=True)
+
+
+def failures(trials: Iterable[FrozenTrial]) -> dict[str, list[str]]:
+    """Cell key -> the reasons of its failed attempts: a cell that failed in a completed batch, or every cell of a
+    batch that failed as a whole with an error (a dead worker's or an interrupted batch is no attempt)."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            for key, reason in (trial.user_attrs.get("failures") or {}).items():
+                found[key].append(reason)
+        elif trial.state == TrialState.FAIL and trial.user_attrs.get("fail_kind") == "error":
+            for key in trial.user_attrs.get("claimed") or [recipe["key"] for recipe in _batch(trial)]:
+                found[key].append(trial.user_attrs.get("fail_reason") or "")
+    return found
 
 
 def enqueue_missing(
@@ -225,7 +251,8 @@ def enqueue_missing(
     members_per_process: int = DEFAULT_MEMBERS_PER_PROCESS,
     min_batches: int = 1,
 ) -> list[CellTask]:
-    """Enqueue, in batches (:func:`make_batches`), the cells no trial holds; return them.
+    """Enqueue, in batches (:func:`make_batches`), the cells no trial holds and that failed fewer than
+    :data:`MAX_ATTEMPTS` times; return them.
 
     :raises StudyMismatchError: when a COMPLETE cell was run with another recipe (other hyperparameters)
     """
@@ -233,15 +260,16 @@ def enqueue_missing(
     trials = study.get_trials(deepcopy=False)
     holders = _holders(trials)
     recipes = {recipe["key"]: recipe for trial in trials if trial.state == TrialState.COMPLETE for recipe in _batch(trial)}
+    failed = failures(trials)
     missing = []
     for task in tasks:
         done = [t for t in holders.get(task.key, []) if t.state == TrialState.COMPLETE]
-        if done and not _same_recipe(recipes[task.key], task.recipe()):
+        if done and _training(recipes[task.key]) != _training(task.recipe()):
             raise StudyMismatchError(
-                f"cell {task.key} was run with {recipes[task.key]}, this command asks for {task.recipe()}; "
-                "use another --out / --storage / --study-name for other hyperparameters"
+                f"cell {task.key} was run with {_training(recipes[task.key])}, this command asks for "
+                f"{_training(task.recipe())}; use another --out / --storage / --study-name for other hyperparameters"
             )
-        if task.key not in holders:
+        if task.key not in holders and len(failed.get(task.key, [])) < MAX_ATTEMPTS:
             missing.append(task)
     for batch in make_batches(missing, members_per_process, min_batches):
         study.enqueue_trial({}, user_attrs={"batch": [task.recipe() for task in batch]})
@@ -272,15 +300,20 @@ def _run_batch(trial: optuna.Trial, train: Train) -> float:
     if not keep:
         trial.set_user_attr("duplicate_of", others)
         raise optuna.TrialPruned(f"every cell of the batch is held by trials {others}")
-    cells = [_cell(recipe) for recipe in keep]
-    mode, why = batch_mode(cells)
+    results = train([_cell(recipe) for recipe in keep], _protocol(trial.study).run_protocol)
+    mode, _, why = results[0].mode.partition(": ")
     trial.set_user_attr("batch_mode", {"mode": mode, "why": why})
-    results = train(cells, _protocol(trial.study).run_protocol)
-    trial.set_user_attr("results", {recipe["key"]: result.as_attrs() for recipe, result in zip(keep, results)})
-    return float(np.mean([result.final_score for result in results]))
+    done = {recipe["key"]: result for recipe, result in zip(keep, results) if result.failure is None}
+    trial.set_user_attr("failures", {r["key"]: x.failure for r, x in zip(keep, results) if x.failure is not None})
+    trial.set_user_attr("results", {key: result.as_attrs() for key, result in done.items()})
+    return float(len(done))  # the value of a batch: its completed cells
 
 
-def ablation_objective(train: Train = train_batch) -> Objective:
+def _train_isolated(cells: Sequence[Cell], protocol: RunProtocol) -> list[CellResult]:
+    return train_batch(cells, protocol, isolate=True)
+
+
+def ablation_objective(train: Train = _train_isolated) -> Objective:
     """The objective of an ablation's workers: run the enqueued batch of each trial.
 
     :param train: ``(cells, protocol) -> results`` (:func:`~sb3_ppo_variants.studies.runner.train_batch`; tests
@@ -291,7 +324,7 @@ def ablation_objective(train: Train = train_batch) -> Objective:
 
 def run_ablation_worker(
     study: optuna.Study,
-    train: Train = train_batch,
+    train: Train = _train_isolated,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     max_trials: int | None = None,
 ) -> int:
@@ -321,7 +354,7 @@ class AblationResults:
     :param curves: one row per evaluation: variant, env_id, seed, timestep (actual), nominal, eval_return
     :param episodes: one row per training episode: variant, env_id, seed, timestep, episode_return
     :param recipes: cell key -> recipe (algorithm, hyperparameters, constructor arguments, where they came from)
-    :param failed: cell key -> last error, for cells with no COMPLETE trial whose last trial failed with an error
+    :param failed: cell key -> the reasons of its failed attempts, for cells with no result
     :param duplicates: cells stored by more than one COMPLETE trial (should never happen; kept visible)
     :param batches: one row per COMPLETE trial: trial, cells, mode (solo / population), why
     """
@@ -330,7 +363,7 @@ class AblationResults:
     curves: pd.DataFrame
     episodes: pd.DataFrame
     recipes: dict[str, dict[str, Any]]
-    failed: dict[str, str]
+    failed: dict[str, list[str]]
     duplicates: list[str]
     protocol: Protocol
     batches: pd.DataFrame
@@ -342,6 +375,10 @@ class AblationResults:
             keep = np.array([cell_key(v, e, s) in keys for v, e, s in zip(frame["variant"], frame["env_id"], frame["seed"])])
             setattr(self, name, frame[keep.astype(bool)].reset_index(drop=True))  # (an empty list would select columns)
         self.failed = {key: error for key, error in self.failed.items() if key in keys}
+        self.recipes = {key: recipe for key, recipe in self.recipes.items() if key in keys}
+        cells = self.runs.groupby("trial").size()
+        self.batches = self.batches[self.batches["trial"].isin(cells.index)].reset_index(drop=True)
+        self.batches["cells"] = [int(cells[trial]) for trial in self.batches["trial"]]
 
 
 def collect_results(study: optuna.Study) -> AblationResults:
@@ -377,12 +414,7 @@ def collect_results(study: optuna.Study) -> AblationResults:
                 curves.append({**ids, "timestep": t, "nominal": n, "eval_return": r})
             for t, r in zip(attrs["episode_timesteps"], attrs["episode_returns"]):
                 episodes.append({**ids, "timestep": t, "episode_return": r})
-    failed: dict[str, str] = {}
-    for trial in trials:
-        if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason"):
-            for recipe in _batch(trial):
-                if recipe["key"] not in stored:
-                    failed[recipe["key"]] = trial.user_attrs["fail_reason"]
+    failed = {key: reasons for key, reasons in failures(trials).items() if key not in stored}
     columns = {
         "runs": ["variant", "env_id", "seed", "final_score", "timesteps", "wall_time_s", "trial", "host"],
         "curves": ["variant", "env_id", "seed", "timestep", "nominal", "eval_return"],

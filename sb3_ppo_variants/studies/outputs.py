@@ -61,14 +61,26 @@ def _best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
+def _confirmation(study: optuna.Study, best: FrozenTrial) -> dict[str, Any] | None:
+    confirmation = study.user_attrs.get("confirmation")
+    return confirmation if confirmation and confirmation.get("trial") == best.number else None
+
+
 def write_best_yaml(study: optuna.Study, settings: TuningSettings, path: Path) -> FrozenTrial | None:
     """``{env_id: entry}`` of the best trial, readable by ``load_hyperparams`` and rl-zoo3; None if no trial completed."""
     best = _best_trial(study)
     if best is None:
         return None
+    confirmation = _confirmation(study, best)
+    confirmed = (
+        f"# On fresh seeds {confirmation['seeds']} (no trial used them): mean return {confirmation['mean']:.6g}, per seed "
+        f"{confirmation['scores']}; the search's score above is biased upward (it won on its own seeds).\n"
+        if confirmation
+        else "# Not confirmed on fresh seeds (--confirm-seeds 0, or a new best trial since): its score is biased upward.\n"
+    )
     header = (
         f"# Best of study {study.study_name!r}: variant {settings.variant!r}, trial {best.number}, "
-        f"mean return {best.value:.6g} over seeds {list(settings.seeds)}.\n"
+        f"mean return {best.value:.6g} over seeds {list(settings.seeds)}.\n{confirmed}"
         f"# Rebuild: make_model({settings.variant!r}, {settings.env_id!r}, "
         f"load_hyperparams({path.name!r}, {settings.env_id!r}), seed=...)\n"
     )
@@ -132,18 +144,32 @@ def _tuning_summary(
         lines += ["No trial has completed yet.", ""]
     else:
         scores = best.user_attrs.get("seed_scores")
+        confirmation = _confirmation(study, best)
         lines += [
             f"## Best: trial {best.number}, mean return {best.value:.6g}",
             "",
-            f"Per seed: {scores}." if scores else "",
+            "| | seeds | mean return | per seed |",
+            "|---|---|---|---|",
+            f"| the search (biased upward: it won on these seeds) | {seeds} | {best.value:.6g} | {scores} |",
+        ]
+        if confirmation:
+            lines.append(
+                f"| fresh seeds (the estimate to report) | {confirmation['seeds']} | {confirmation['mean']:.6g} | "
+                f"{confirmation['scores']} |"
+            )
+        lines += [
+            "",
+            "The best trial's score is the maximum over the trials' noisy scores, so it overestimates its configuration; "
+            "its score on seeds the search never used does not (Eimer et al. 2023, "
+            "https://arxiv.org/abs/2306.01324)."
+            + ("" if confirmation else " Not confirmed yet: rerun the command with --confirm-seeds N."),
             "",
             "| hyperparameter | value |",
             "|---|---|",
             *(f"| {key} | `{value}` |" for key, value in params_to_kwargs(best.params).items()),
             "",
             f"`{TUNING_FILES['best']}` rebuilds it: `make_model({settings.variant!r}, {settings.env_id!r}, "
-            f"load_hyperparams({TUNING_FILES['best']!r}, {settings.env_id!r}), seed=0)`. The training seeds are the same "
-            "in every trial; confirm the choice on fresh seeds before trusting it.",
+            f"load_hyperparams({TUNING_FILES['best']!r}, {settings.env_id!r}), seed=0)`.",
             "",
         ]
     reasons = fail_reasons(study)
@@ -215,14 +241,29 @@ def write_ablation_outputs(
     argv: list[str],
     baseline: str | None = None,
     bootstrap_reps: int = 2000,
+    failed_as_random: bool = False,
 ) -> tuple[Path, AblationResults]:
     """Collect the grid's results (the cells ``keys``), export the CSVs, compute the statistics, draw the figures,
-    write the report. :return: the report's path and the results"""
+    write the report. Failed cells are left out of the statistics, or, with ``failed_as_random``, scored as the
+    random policy (``references[env].random_mean``). :return: the report's path and the results"""
     # Imported here: rliable (arch, scipy), matplotlib and pandas cost seconds per process; tuning workers need none.
+    import pandas as pd
+
     from sb3_ppo_variants.studies import ablation, plots, report, statistics
 
     results = ablation.collect_results(study)
     results.restrict(set(keys))
+    status = ablation.grid_status(study, keys)
+    failed = [key for key in keys if status[key] == "failed" and key in results.failed]
+    results.runs["failed"] = ""
+    if failed_as_random and failed:  # scored as a uniformly random policy: the reference table's lower end
+        rows = []
+        for key in failed:
+            variant, env_id, seed = key.rsplit("|", 2)
+            reason = results.failed[key][-1].strip().splitlines()[-1:] or ["failed"]
+            rows.append({"variant": variant, "env_id": env_id, "seed": int(seed), "failed": reason[0][:300]})
+            rows[-1]["final_score"] = references[env_id].random_mean
+        results.runs = pd.concat([results.runs, pd.DataFrame(rows)], ignore_index=True)
     files = export_csv(results, out)
     names = [spec.name for spec in specs]
     results.runs = results.runs.sort_values(["variant", "env_id", "seed"], key=_order(names, envs)).reset_index(drop=True)
@@ -257,10 +298,11 @@ def write_ablation_outputs(
         study_name=study.study_name,
         command="python tuning/ablate.py " + shlex.join(argv),
         bootstrap_reps=bootstrap_reps,
-        grid=ablation.grid_status(study, keys),
+        grid=status,
         plots=figures,
+        failed_as_random=failed_as_random,
         files={
-            "one row per run (final score)": files["runs"],
+            "one row per run (final score; `failed`: why a run failed, when scored as the random policy)": files["runs"],
             "evaluation curves": files["curves"],
             "training-episode returns (timestep: the end of the evaluation segment the episode ended in)": files["episodes"],
             "one row per batch (trial): how its cells were trained, solo or as a population, and why": files["batches"],

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import platform
 import socket
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +19,7 @@ from sb3_ppo_variants.studies.ablation import AblationResults
 from sb3_ppo_variants.studies.arms import VariantSpec
 from sb3_ppo_variants.studies.reference import ReferenceScore
 from sb3_ppo_variants.studies.registry import algorithm_class
-from sb3_ppo_variants.studies.statistics import AGGREGATE, METRICS, AblationStatistics
+from sb3_ppo_variants.studies.statistics import AGGREGATE, ALPHA, METRICS, AblationStatistics
 
 __all__ = ["PACKAGES", "ReportContext", "package_versions", "write_report"]
 
@@ -53,6 +54,7 @@ class ReportContext:
 
     :param grid: cell key -> status (``complete``, ``running``, ``waiting``, ``failed``, ``missing``) of the grid asked for
     :param plots: figure name -> path (relative to the report's directory when written)
+    :param failed_as_random: failed runs were scored as the random policy (else left out of the statistics)
     """
 
     specs: list[VariantSpec]
@@ -66,6 +68,7 @@ class ReportContext:
     grid: dict[str, str]
     plots: dict[str, Path] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    failed_as_random: bool = False
 
 
 def _interval(point: float, low: float, high: float, digits: int) -> str:
@@ -78,32 +81,54 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def _verdict(row: pd.Series) -> str:
-    if row["low"] > 0.5:
-        return "better"
-    if row["high"] < 0.5:
-        return "worse"
-    return "no clear difference"
+def _merged_metrics(rows: pd.DataFrame, digits: int) -> list[list[str]]:
+    """The metrics of :data:`METRICS` grouped by identical columns (as printed) over every variant of ``rows``."""
+    groups: dict[str, list[str]] = {}
+    for metric in METRICS:
+        column = rows[rows["metric"] == metric]
+        text = "|".join(_interval(p, lo, hi, digits) for p, lo, hi in zip(column["point"], column["low"], column["high"]))
+        groups.setdefault(text, []).append(metric)
+    return list(groups.values())
+
+
+_NAMES = {"mean": "Mean", "median": "Median", "iqm": "IQM"}
 
 
 def _scope_table(stats: AblationStatistics, scope: str, digits: int) -> list[str]:
+    """The table of one scope; metrics whose columns are identical are shown once, with a note saying why."""
     rows = stats.intervals[stats.intervals["env_id"] == scope]
     improvement = stats.improvement[stats.improvement["env_id"] == scope] if len(stats.improvement) else pd.DataFrame()
-    header = ["variant", "runs", *(f"{m} [95% CI]" for m in ("Mean", "Median", "IQM")), f"P(> {stats.baseline}) [95% CI]"]
+    groups = _merged_metrics(rows, digits)
+    header = ["variant", "runs", *(" = ".join(_NAMES[m] for m in group) + " [95% CI]" for group in groups)]
+    header += [f"P(> {stats.baseline}) [95% CI]", "exact p", "verdict"]
     lines = []
     for variant in dict.fromkeys(rows["variant"]):
         cells = [variant, str(int(rows[rows["variant"] == variant]["runs"].iloc[0]))]
-        for metric in METRICS:
-            row = rows[(rows["variant"] == variant) & (rows["metric"] == metric)].iloc[0]
+        for group in groups:
+            row = rows[(rows["variant"] == variant) & (rows["metric"] == group[0])].iloc[0]
             cells.append(_interval(row["point"], row["low"], row["high"], digits))
         match = improvement[improvement["variant"] == variant] if len(improvement) else improvement
         if len(match):
             row = match.iloc[0]
-            cells.append(f"{_interval(row['probability'], row['low'], row['high'], 2)} ({_verdict(row)})")
+            cells += [_interval(row["probability"], row["low"], row["high"], 2), f"{row['p_value']:.3g}", row["verdict"]]
         else:
-            cells.append("baseline" if variant == stats.baseline else "-")
+            cells += ["baseline" if variant == stats.baseline else "-", "-", "-"]
         lines.append(cells)
-    return _table(header, lines)
+    table = _table(header, lines)
+    merged = [group for group in groups if len(group) > 1]
+    if merged:
+        n_runs = int(rows["runs"].max())
+        why = []
+        one_env = scope != AGGREGATE or len(stats.aggregate_envs) == 1
+        if any("median" in group and "mean" in group for group in merged) and one_env:
+            why.append(
+                "rliable's median is the median over environments of each environment's mean, so on one "
+                "environment it is the mean"
+            )
+        if any("iqm" in group and "mean" in group for group in merged) and n_runs < 4:
+            why.append(f"the IQM trims 25% of the runs at each end, which is nothing of {n_runs} runs")
+        table += ["", "Identical columns are shown once" + (f": {'; '.join(why)}." if why else " (equal at this seed count).")]
+    return table
 
 
 def _image(context: ReportContext, name: str, alt: str, base: Path) -> list[str]:
@@ -111,6 +136,34 @@ def _image(context: ReportContext, name: str, alt: str, base: Path) -> list[str]
     if path is None:
         return []
     return [f"![{alt}]({Path(os.path.relpath(path, base)).as_posix()})", ""]
+
+
+def _failures(results: AblationResults, context: ReportContext) -> list[str]:
+    """Per arm: "k of n runs failed", with the reasons; and how failed runs enter the statistics."""
+    lines = []
+    for spec in context.specs:
+        keys = [key for key in context.grid if key.rsplit("|", 2)[0] == spec.name]
+        failed = [key for key in keys if context.grid[key] == "failed" and key in results.failed]
+        if not failed:
+            continue
+        last_lines = ((results.failed[key][-1].strip().splitlines() or ["(no reason recorded)"])[-1] for key in failed)
+        reasons = Counter(line[:300] for line in last_lines)
+        tries = Counter(len(results.failed[key]) for key in failed)
+        lines.append(
+            f"- **{spec.name}: {len(failed)} of {len(keys)} runs failed** "
+            f"({', '.join(f'{n} after {k} attempt(s)' for k, n in sorted(tries.items()))}): "
+            + "; ".join(f"{n} x `{reason}`" for reason, n in reasons.most_common())
+        )
+    if lines:
+        lines.append(
+            "- Failed runs are scored as the random policy (the reference table's random-policy return) in the "
+            "statistics (--failed-as-random)."
+            if context.failed_as_random
+            else "- Failed runs are left out of the statistics (and counted above); --failed-as-random scores them as "
+            "the random policy instead. Leaving them out favours an arm that fails often: read its numbers as "
+            "'when it does not fail'."
+        )
+    return lines
 
 
 def _summary(results: AblationResults, stats: AblationStatistics, context: ReportContext) -> list[str]:
@@ -127,8 +180,7 @@ def _summary(results: AblationResults, stats: AblationStatistics, context: Repor
             f"{', ...' if len(unfinished) > 12 else ''}); the numbers below use the completed runs only. "
             "Rerun the same command to run the missing ones."
         )
-    for key, error in sorted(results.failed.items()):
-        lines.append(f"- Failed: `{key}`: `{error.splitlines()[-1][:300]}`")
+    lines += _failures(results, context)
     if results.duplicates:
         lines.append(f"- **Warning:** cells completed more than once (the first is used): {results.duplicates}")
     if stats.baseline is not None and len(stats.improvement):
@@ -137,14 +189,13 @@ def _summary(results: AblationResults, stats: AblationStatistics, context: Repor
             where = "over environments" if scope == AGGREGATE else f"on {scope}"
             lines.append(
                 f"- P({row['variant']} > {stats.baseline}) {where} = {row['probability']:.2f} "
-                f"[{row['low']:.2f}, {row['high']:.2f}]: {_verdict(row)}"
-                + (" (the interval contains 0.5)" if _verdict(row) == "no clear difference" else "")
+                f"[{row['low']:.2f}, {row['high']:.2f}], exact p = {row['p_value']:.3g}: {row['verdict']}"
             )
     n_min = int(results.runs.groupby(["variant", "env_id"]).size().min()) if len(results.runs) else 0
-    if 0 < n_min < 10:
+    if 0 < n_min < 4:
         lines.append(
-            f"- With {n_min} seed(s) per variant and environment the intervals are wide; bootstrap intervals from "
-            "fewer than ~5 runs under-cover, so read them as rough (Agarwal et al. 2021 recommend more runs)."
+            f"- With {n_min} seed(s) per arm no verdict is possible: the exact test's smallest p-value at 3 vs 3 is "
+            "0.1 (2 of the 20 splits). Rerun with --seeds 5 or more (docs/power-table.md: seeds needed per effect size)."
         )
     return lines
 
@@ -164,7 +215,10 @@ def _protocol(results: AblationResults, stats: AblationStatistics, context: Repo
         f"- Statistics: rliable {package_versions()['rliable']}: mean, median and IQM (25% trimmed mean) of the final "
         f"scores with 95% stratified bootstrap CIs ({context.bootstrap_reps} replications, percentile method); "
         "P(X > Y) is the Mann-Whitney U statistic / (n_X n_Y) averaged over environments, with a stratified "
-        "independent bootstrap CI. Per environment on raw returns; over environments on min-max normalised scores. "
+        "independent bootstrap CI. A verdict ('better'/'worse') needs both the CI to exclude 0.5 and an exact two-sided "
+        "permutation test of P(X > Y) (runs exchanged between the arms; one environment: exact Mann-Whitney) to give "
+        f"p < {ALPHA}; otherwise 'no clear difference' (sb3_ppo_variants.studies.statistics). "
+        "Per environment on raw returns; over environments on min-max normalised scores. "
         "rliable's median is the median over environments of the per-environment mean, so for one environment it "
         "equals the mean.",
         f"- Storage: `{context.storage}`, study `{context.study_name}` (each trial is a batch of cells; rerunning the "

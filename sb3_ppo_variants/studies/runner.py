@@ -7,25 +7,24 @@ Tuning and ablation are each an Optuna study plus a *work function* ``trial -> v
   shapes -- trains them as one batch and stores each cell's curve and score.
 
 **Training a batch** (:func:`train_batch`): every cell is a :class:`Cell`, trained under one
-:class:`RunProtocol` (budget, evaluation points, episodes) and returned as a :class:`CellResult`. A batch
-that :func:`population_blocker` accepts (plain variants, ``MlpPolicy``, no gSDE, no Dict observations, one env,
-equal shapes, a flat Box observation space) is trained as one :class:`~sb3_ppo_variants.Population`: its members'
-parameters stacked, one forward pass and one optimiser step for all; every other batch runs its cells solo, in
-lockstep (:class:`~sb3_ppo_variants.studies.runs.SeededRun`). Either way each cell has its own random streams, so
-its result does not depend on its companions. :func:`batch_mode` says which, and why; the ablation report lists it.
+:class:`RunProtocol` (budget, evaluation points, episodes) and returned as a :class:`CellResult`. The batch is
+offered to :class:`~sb3_ppo_variants.Population` (its members' parameters stacked, one forward pass and one optimiser
+step for all): when the population's constructor refuses it (a ``ValueError``: a variant it does not host, gSDE,
+images, unequal shapes, ...), the cells run solo, in lockstep (:class:`~sb3_ppo_variants.studies.runs.SeededRun`),
+and the population's reason is kept -- so no second list of conditions can drift from what the population accepts.
+Either way each cell has its own random streams, so its result does not depend on its companions, and in an ablation
+a cell that fails fails alone (``isolate``). Each result's ``mode`` says how it ran; the ablation report lists it.
 
 **The worker loop** (:func:`run_worker`): each worker -- a process on any machine sharing the storage --
 calls ``study.optimize`` with:
 
 - ``catch=(Exception,)``: a trial whose work raises (a NaN, a bad combination) is stored FAIL with its reason
   (user attributes ``fail_kind = "error"``, ``fail_reason``) and the worker goes on;
-- :class:`MaxCountedTrials`, Optuna's ``MaxTrialsCallback`` counting what takes a slot of the study's cap
-  (:func:`counts_toward_cap`), shared by every worker; each trial also checks, before training, that fewer
-  than the cap precede it (numbers are given atomically by the storage), so racing workers cannot overshoot;
+- Optuna's ``MaxTrialsCallback`` for the study's cap (``--max-total-trials``), shared by every worker;
 - :class:`StopWhenQueueEmpty` for studies whose work is enqueued (an ablation's batches);
 - dead workers: with a database storage, Optuna's heartbeat fails a silent trial and its
-  ``RetryHeartbeatStaleTrialCallback`` enqueues it again; file storages get the same through
-  :func:`~sb3_ppo_variants.studies.liveness.recover_stale_trials`, run before the loop and after every trial.
+  ``RetryHeartbeatStaleTrialCallback`` enqueues it again; journal files get the same through a lock per worker
+  (:mod:`~sb3_ppo_variants.studies.liveness`).
 
 **Delivery**: a trial -- and an ablation cell -- is recorded complete at most once (a trial is told once, and a
 cell is run only by the lowest-numbered live trial that holds it, see :mod:`~sb3_ppo_variants.studies.ablation`).
@@ -40,32 +39,25 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from sb3_ppo_variants.hyperparams import parse_policy_kwargs
-from sb3_ppo_variants.population.population import check_policy_kwargs, check_spaces
+from sb3_ppo_variants.algorithm import NonFiniteLossError
+from sb3_ppo_variants.population import Population, PopulationEvalCallback
 from sb3_ppo_variants.studies.liveness import mark_worker, recover_stale_trials
-from sb3_ppo_variants.studies.registry import PLAIN_VARIANTS
 from sb3_ppo_variants.studies.runs import SeededRun
-from sb3_ppo_variants.studies.storage import MAX_RETRY
 
 __all__ = [
+    "CAPPED_STATES",
     "SHAPE_KEYS",
     "Cell",
     "CellResult",
-    "MaxCountedTrials",
     "Objective",
     "RunProtocol",
     "StopWhenQueueEmpty",
-    "batch_mode",
-    "counts_toward_cap",
     "n_counted",
-    "population_blocker",
     "run_worker",
     "train_batch",
 ]
@@ -121,7 +113,8 @@ class CellResult:
     """A cell's curve and score: ``curve_nominal`` (the points asked for), ``curve_timesteps`` (reached: whole
     rollouts), ``curve_returns`` (mean deterministic evaluation return), the training episodes (Monitor returns,
     stochastic policy; ``episode_timesteps``: the end of the segment each ended in), ``final_score`` (the last
-    evaluation) and the cell's own ``wall_time_s``."""
+    evaluation) and the cell's own ``wall_time_s``; ``failure``: why the cell failed (it has no score then), and
+    ``mode``: how it was trained (``population`` or ``solo``)."""
 
     curve_nominal: list[int] = field(default_factory=list)
     curve_timesteps: list[int] = field(default_factory=list)
@@ -129,6 +122,8 @@ class CellResult:
     episode_timesteps: list[int] = field(default_factory=list)
     episode_returns: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
+    failure: str | None = None
+    mode: str = "solo"
 
     @property
     def final_score(self) -> float:
@@ -147,106 +142,99 @@ class CellResult:
 # ----------------------------------------------------------------------------------------------- a batch
 
 
-def _shape(cell: Cell) -> dict[str, Any]:
-    merged = {**cell.hyperparams, **cell.model_kwargs}
-    return {key: merged.get(key) for key in SHAPE_KEYS}
-
-
-def population_blocker(cells: Sequence[Cell]) -> str | None:
-    """Why ``cells`` cannot be trained as one population, or None when they can.
-
-    A population trains plain variants (``VARIANTS``' four on SB3's PPO) with ``MlpPolicy`` and without gSDE, on
-    one environment without Dict observations, all members with the same shapes (:data:`SHAPE_KEYS`).
-    """
-    others = sorted({cell.algorithm for cell in cells} - set(PLAIN_VARIANTS))
-    if others:
-        return f"{', '.join(others)} is not a plain variant {list(PLAIN_VARIANTS)}"
-    envs = sorted({cell.env_id for cell in cells})
-    if len(envs) > 1:
-        return f"the cells are on several environments {envs}"
-    shapes = [_shape(cell) for cell in cells]
-    differ = sorted(key for key in SHAPE_KEYS if len({repr(shape[key]) for shape in shapes}) > 1)
-    if differ:
-        return f"the cells differ in {differ}"
-    shape = shapes[0]
-    if (shape["policy"] or "MlpPolicy") != "MlpPolicy":
-        return f"policy {shape['policy']!r} is not MlpPolicy"
-    if shape["use_sde"]:
-        return "gSDE (use_sde) runs solo"
-    if shape["frame_stack"]:
-        return "frame_stack runs solo"
-    env = gym.make(envs[0], **(shape["env_kwargs"] or {}))
-    try:
-        observations, actions = env.observation_space, env.action_space
-    finally:
-        env.close()
-    try:  # the population's own checks, so that this list cannot drift from what it accepts
-        check_policy_kwargs(parse_policy_kwargs(shape["policy_kwargs"] or {}))
-        check_spaces(observations, actions)
-    except (TypeError, ValueError) as error:
-        return str(error)
-    return None
-
-
-def batch_mode(cells: Sequence[Cell]) -> tuple[str, str]:
-    """``("population", "")``, or ``("solo", why)``: how :func:`train_batch` trains ``cells``."""
-    blocker = population_blocker(cells)
-    return ("solo", blocker) if blocker else ("population", "")
-
-
 #: ``on_evaluation(timestep, scores)``: scores of every cell at a point; returns False to stop the batch, or raises.
 OnEvaluation = Callable[[int, np.ndarray], "bool | None"]
 
 
-def train_batch(cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None = None) -> list[CellResult]:
-    """Train ``cells`` under ``protocol`` and evaluate each at every evaluation point.
+def train_batch(
+    cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None = None, isolate: bool = False
+) -> list[CellResult]:
+    """Train ``cells`` under ``protocol`` and evaluate each at every evaluation point: as one
+    :class:`~sb3_ppo_variants.Population` when the population accepts them (it is constructed: its own checks
+    decide), else solo, each result's ``mode`` saying which and why.
 
     The cells advance in lockstep from one evaluation point to the next, so that ``on_evaluation`` sees every
     cell's score at each point (tuning reports their mean to its pruner); it may stop the batch (return False:
     the results so far are returned) or raise (e.g. ``optuna.TrialPruned``).
 
+    :param isolate: a cell whose training or evaluation raises fails alone: its result carries the reason
+        (``failure``) and the other cells go on (an ablation). Without it the error propagates (a tuning trial fails
+        as a whole). A population that raises is trained again cell by cell, solo, so that only the failing cell fails.
     :return: one :class:`CellResult` per cell, in order
     """
-    if batch_mode(cells)[0] == "population":
-        return _train_population(cells, protocol, on_evaluation)
-    return _train_solo(cells, protocol, on_evaluation)
-
-
-def _train_population(cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None) -> list[CellResult]:
-    """The cells as one :class:`~sb3_ppo_variants.Population`; each cell's ``wall_time_s`` is an equal share."""
-    from sb3_ppo_variants.population import Population, PopulationEvalCallback
-
-    clock = time.perf_counter()
     members = [{"variant": c.algorithm, "seed": c.seed, **c.hyperparams, **c.model_kwargs} for c in cells]
-    population = Population(cells[0].env_id, members)
+    envs = sorted({cell.env_id for cell in cells})
+    try:
+        if len(envs) > 1:
+            raise ValueError(f"the cells are on several environments {envs}")
+        population = Population(envs[0], members)
+    except ValueError as error:  # the population's own judgement of what it can train
+        return _train_solo(cells, protocol, on_evaluation, isolate, why=str(error))
+    try:
+        results = _train_population(population, protocol, on_evaluation)
+    except Exception as error:
+        if not isolate or isinstance(error, optuna.TrialPruned):
+            raise
+        if all(failure is not None for failure in population.failures):  # every member failed alone: recorded
+            results = _population_results(population, None)
+        else:  # an error of the whole population (an environment's): each cell again, solo, failing alone
+            why = f"the population failed ({type(error).__name__}: {error})"[:300]
+            return _train_solo(cells, protocol, on_evaluation, isolate, why=why)
+    failed = [result.failure for result in results if result.failure]
+    if failed and not isolate:
+        raise NonFiniteLossError(failed[0])
+    return results
+
+
+def _train_population(population: Population, protocol: RunProtocol, on_evaluation: OnEvaluation | None) -> list[CellResult]:
+    """Train ``population``; a member that fails (``population.failures``) stops alone and its result says why."""
+    clock = time.perf_counter()
     callback = PopulationEvalCallback(list(protocol.eval_points), protocol.n_eval_episodes, on_evaluation=on_evaluation)
     try:
         population.learn(protocol.timesteps, callback=callback)
     finally:
         population.close()
-    share = (time.perf_counter() - clock) / len(cells)
-    scores = callback.scores
-    return [
-        CellResult(
-            curve_nominal=list(callback.timesteps),
-            curve_timesteps=list(callback.reached),
-            curve_returns=[float(value) for value in scores[:, index]] if len(scores) else [],
-            episode_timesteps=list(population.episode_timesteps[index]),
-            episode_returns=list(population.episode_returns[index]),
-            wall_time_s=share,
-        )
-        for index in range(len(cells))
-    ]
+    return _population_results(population, callback, time.perf_counter() - clock)
 
 
-def _train_solo(cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None) -> list[CellResult]:
-    runs: list[SeededRun] = []
-    results = [CellResult() for _ in cells]
+def _population_results(
+    population: Population, callback: PopulationEvalCallback | None, seconds: float = 0.0
+) -> list[CellResult]:
+    """Each member's :class:`CellResult`; its ``wall_time_s`` is an equal share of ``seconds``."""
+    results = []
+    for index, failure in enumerate(population.failures):
+        result = CellResult(wall_time_s=seconds / population.n_members, mode="population")
+        result.failure = None if failure is None else str(failure)
+        if callback is not None and failure is None:
+            result.curve_nominal, result.curve_timesteps = list(callback.timesteps), list(callback.reached)
+            result.curve_returns = [float(value) for value in callback.scores[:, index]] if len(callback.scores) else []
+            result.episode_timesteps = list(population.episode_timesteps[index])
+            result.episode_returns = list(population.episode_returns[index])
+        results.append(result)
+    return results
+
+
+def _train_solo(
+    cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None, isolate: bool = False, why: str = ""
+) -> list[CellResult]:
+    runs: list[SeededRun | None] = []
+    results = [CellResult(mode=f"solo: {why}" if why else "solo") for _ in cells]
+
+    def failed(index: int, error: Exception) -> None:
+        if not isolate:
+            raise error
+        results[index].failure = f"{type(error).__name__}: {error}"[-2000:]
+        run = runs[index]
+        runs[index] = None
+        if run is not None:
+            run.close()
+
     try:
-        for cell, result in zip(cells, results):
+        for index, (cell, result) in enumerate(zip(cells, results)):
             clock = time.perf_counter()
-            runs.append(
-                SeededRun(
+            runs.append(None)
+            try:
+                runs[index] = SeededRun(
                     cell.algorithm,
                     cell.env_id,
                     cell.seed,
@@ -255,64 +243,48 @@ def _train_solo(cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnE
                     n_eval_episodes=protocol.n_eval_episodes,
                     model_kwargs=dict(cell.model_kwargs),
                 )
-            )
+            except Exception as error:
+                failed(index, error)
             result.wall_time_s += time.perf_counter() - clock
         for point in protocol.eval_points:
-            for run, result in zip(runs, results):
+            for index, result in enumerate(results):
+                run = runs[index]
+                if run is None:
+                    continue
                 clock = time.perf_counter()
-                run.advance(point)
+                try:
+                    run.advance(point)
+                    score = run.evaluate()
+                except Exception as error:
+                    failed(index, error)
+                    continue
                 result.curve_nominal.append(point)
                 result.curve_timesteps.append(run.num_timesteps)
-                result.curve_returns.append(run.evaluate())
+                result.curve_returns.append(score)
                 result.wall_time_s += time.perf_counter() - clock
-            scores = np.array([result.curve_returns[-1] for result in results])
+            scores = np.array([math.nan if r.failure else r.curve_returns[-1] for r in results])
             if on_evaluation is not None and on_evaluation(point, scores) is False:
                 break
     finally:
         for run in runs:
-            run.close()
+            if run is not None:
+                run.close()
     for run, result in zip(runs, results):
-        result.episode_timesteps = list(run.episode_timesteps)
-        result.episode_returns = list(run.episode_returns)
+        if run is not None:
+            result.episode_timesteps = list(run.episode_timesteps)
+            result.episode_returns = list(run.episode_returns)
     return results
 
 
-# ----------------------------------------------------------------------------------------------- the cap
+# ----------------------------------------------------------------------------------------------- the loop
+
+#: The trials that take a slot of a study's cap (``--max-total-trials``): finished with a result, or running.
+CAPPED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
-def counts_toward_cap(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` takes one of the study's ``max_total_trials`` slots.
-
-    Every trial counts (COMPLETE, PRUNED, RUNNING, WAITING) but a FAIL that is not the trial's own error: a FAIL
-    of a dead worker, of an interrupt (both are enqueued again) or of a trial beyond the cap takes no slot.
-    """
-    if trial.state == TrialState.FAIL:
-        return trial.user_attrs.get("fail_kind") == "error"
-    return True
-
-
-def n_counted(study: optuna.Study, include_waiting: bool = False) -> int:
-    """Trials of ``study`` that take a slot of the cap (WAITING ones only if asked)."""
-    return sum(
-        counts_toward_cap(t) and (include_waiting or t.state != TrialState.WAITING) for t in study.get_trials(deepcopy=False)
-    )
-
-
-class MaxCountedTrials(MaxTrialsCallback):
-    """Optuna's ``MaxTrialsCallback`` for a cap shared by every worker, counting the trials that take a slot
-    (:func:`counts_toward_cap`) instead of trials of given states: this worker stops once the study holds
-    ``n_trials`` of them.
-
-    :param n_trials: the cap over the whole study
-    """
-
-    def __init__(self, n_trials: int) -> None:
-        super().__init__(n_trials, states=None)
-        self.n_trials = n_trials
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if n_counted(study) >= self.n_trials:
-            study.stop()
+def n_counted(study: optuna.Study) -> int:
+    """Trials of ``study`` that take a slot of its cap (:data:`CAPPED_STATES`)."""
+    return len(study.get_trials(deepcopy=False, states=CAPPED_STATES))
 
 
 class StopWhenQueueEmpty:
@@ -323,56 +295,31 @@ class StopWhenQueueEmpty:
             study.stop()
 
 
-class RecoverStaleTrials:
-    """Callback: :func:`~sb3_ppo_variants.studies.liveness.recover_stale_trials` after every trial."""
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        recover_stale_trials(study)
-
-
-# ----------------------------------------------------------------------------------------------- the loop
-
-
 class Objective:
     """The objective every worker optimises: bookkeeping around a tool's work function.
 
     Before the work: the user attributes a retried trial inherited from the failed one (``run_attrs``) are
-    cleared, the worker is recorded (:func:`~sb3_ppo_variants.studies.liveness.mark_worker`), and a trial beyond
-    the cap ends FAIL (``fail_kind = "over_cap"``) without training. Around it: an error is recorded
-    (``fail_kind = "error"``, ``fail_reason``) and re-raised for ``optimize``'s ``catch``; an interrupt is
-    recorded (``fail_kind = "interrupted"``) and propagates.
+    cleared and the worker is recorded (:func:`~sb3_ppo_variants.studies.liveness.mark_worker`). Around it: an
+    error is recorded (``fail_kind = "error"``, ``fail_reason``) and re-raised for ``optimize``'s ``catch``; an
+    interrupt is recorded (``fail_kind = "interrupted"``) and propagates.
 
     :param work: ``trial -> value``
-    :param max_total_trials: the cap over the whole study, or None
     :param run_attrs: user attributes the work writes (cleared first on a retry)
     """
 
     RUN_ATTRS = ("fail_reason", "fail_kind")
 
-    def __init__(
-        self, work: Callable[[optuna.Trial], float], max_total_trials: int | None = None, run_attrs: Container[str] = ()
-    ) -> None:
+    def __init__(self, work: Callable[[optuna.Trial], float], run_attrs: Container[str] = ()) -> None:
         self.work = work
-        self.max_total_trials = max_total_trials
         self.run_attrs = run_attrs
         self.n_calls = 0
-        self.last_trial: int | None = None
-
-    def _slots_taken_before(self, trial: optuna.Trial) -> int:
-        return sum(counts_toward_cap(t) for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number)
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.n_calls += 1
-        self.last_trial = trial.number
         for key, value in trial.user_attrs.items():
             if (key in self.RUN_ATTRS or key in self.run_attrs) and value is not None:
                 trial.set_user_attr(key, None)
         mark_worker(trial)
-        if self.max_total_trials is not None and self._slots_taken_before(trial) >= self.max_total_trials:
-            trial.set_user_attr("fail_kind", "over_cap")
-            trial.set_user_attr("fail_reason", f"not run: the study already has --max-total-trials {self.max_total_trials}")
-            trial.study.stop()
-            return math.nan  # FAIL, and nothing was trained
         try:
             return self.work(trial)
         except optuna.TrialPruned:
@@ -391,47 +338,43 @@ def run_worker(
     study: optuna.Study,
     objective: Objective,
     n_trials: int | None = None,
+    max_total_trials: int | None = None,
     until_queue_empty: bool = False,
     show_progress_bar: bool = False,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
 ) -> int:
     """Run trials of ``study`` in this process: up to ``n_trials``, until the cap, or until no trial is waiting.
 
-    Stale trials (dead workers) are recovered first. On KeyboardInterrupt the interrupted trial is failed, enqueued
-    again for the next run (Optuna's ``RetryHeartbeatStaleTrialCallback``), and the KeyboardInterrupt propagates.
+    Dead workers' trials are failed and enqueued again first (:func:`~sb3_ppo_variants.studies.liveness.recover_stale_trials`;
+    on database storages ``optimize`` does it again before every trial). The cap is Optuna's ``MaxTrialsCallback``
+    over :data:`CAPPED_STATES`, and this worker starts no more trials than the slots left: like Optuna's, it is
+    checked between trials, so workers that start a trial at the same moment may each finish theirs.
 
-    :param objective: the tool's work wrapped in :class:`Objective` (its ``max_total_trials`` is the cap)
+    :param objective: the tool's work wrapped in :class:`Objective`
+    :param max_total_trials: the cap over the whole study, all workers together (None: no cap)
     :param until_queue_empty: stop when no trial is WAITING (and do not start when none is)
     :param callbacks: more ``optimize`` callbacks (e.g. a progress bar)
     :return: how many trials this call started (0 when the study is full or its queue empty)
     """
     recover_stale_trials(study)
-    cap = objective.max_total_trials
-    if cap is not None:
-        left = cap - n_counted(study)
+    stops: list[Callable[[optuna.Study, FrozenTrial], None]] = []
+    if max_total_trials is not None:
+        left = max_total_trials - n_counted(study)
         n_trials = left if n_trials is None else min(n_trials, left)
-    if n_trials is not None and n_trials <= 0:
-        return 0
-    if until_queue_empty and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        return 0
-    stops: list[Callable[[optuna.Study, FrozenTrial], None]] = [RecoverStaleTrials()]
-    if cap is not None:
-        stops.append(MaxCountedTrials(cap))
+        stops.append(MaxTrialsCallback(max_total_trials, states=CAPPED_STATES))
     if until_queue_empty:
         stops.append(StopWhenQueueEmpty())
-    try:
-        study.optimize(
-            objective,
-            n_trials=n_trials,
-            catch=(Exception,),
-            callbacks=[*stops, *callbacks],
-            gc_after_trial=False,  # Optuna's default: a full gc.collect() took 0.7 s per trial here, torch loaded
-            show_progress_bar=show_progress_bar,
-        )
-    except KeyboardInterrupt:
-        if objective.last_trial is not None:
-            last = study.get_trials(deepcopy=False)[objective.last_trial]
-            if last.state == TrialState.FAIL and last.user_attrs.get("fail_kind") == "interrupted":
-                RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, last)
-        raise
-    return objective.n_calls
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return 0
+    if n_trials is not None and n_trials <= 0:
+        return 0
+    before = objective.n_calls
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        catch=(Exception,),
+        callbacks=[*stops, *callbacks],
+        gc_after_trial=False,  # Optuna's default: a full gc.collect() took 0.7 s per trial here, torch loaded
+        show_progress_bar=show_progress_bar,
+    )
+    return objective.n_calls - before

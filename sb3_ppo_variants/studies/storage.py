@@ -2,10 +2,10 @@
 
 Storages: an embedded file by default, PostgreSQL (or any SQLAlchemy URL) for several machines.
 
-- ``None`` or a path ending in ``.log``: an Optuna journal file (safe for several local processes).
-- a path ending in ``.db`` or a ``sqlite:///`` URL: SQLite.
-- ``postgresql://...`` (psycopg 3), ``mysql://...``: a shared database, with heartbeats so that a trial
-  of a killed worker is failed and retried instead of blocking the study.
+- ``None`` or a path ending in ``.log``: an Optuna journal file (safe for several local processes); a killed
+  worker is found by its lock (:mod:`~sb3_ppo_variants.studies.liveness`).
+- a path ending in ``.db`` or a ``sqlite:///`` URL: SQLite; ``postgresql://...`` (psycopg 3), ``mysql://...``: a
+  shared database. Both with Optuna's heartbeats, so that a trial of a killed worker is failed and retried.
 
 Several workers started at the same moment on an empty PostgreSQL database race while creating
 Optuna's tables (seen here: ``UniqueViolation ... pg_type_typname_nsp_index``); :func:`open_storage`
@@ -22,13 +22,16 @@ import json
 import random
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
+
+from sb3_ppo_variants.studies.liveness import MAX_RETRY, hold_worker_lock
 
 __all__ = [
     "DEFAULT_STORAGE_NAME",
@@ -42,8 +45,15 @@ __all__ = [
 ]
 
 DEFAULT_STORAGE_NAME = "study.log"
-#: How many times a trial whose worker died (or stopped beating) is enqueued again.
-MAX_RETRY = 2
+
+
+@contextmanager
+def _experimental_allowed() -> Iterator[None]:
+    # Heartbeats (RDBStorage's arguments, RetryHeartbeatStaleTrialCallback) are experimental in Optuna: the warning
+    # says nothing our users can act on. Silenced here only, not process-wide.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 class StorageError(ValueError):
@@ -77,7 +87,7 @@ def open_storage(
     :param storage: None (a journal file ``study.log`` in ``out_dir``), a ``.log`` or ``.db`` path
         (relative paths are taken as they are), or a database URL
     :param out_dir: where the default journal file goes
-    :param heartbeat_interval: seconds between heartbeats of a running trial (database URLs only); a
+    :param heartbeat_interval: seconds between heartbeats of a running trial (SQLite and database URLs); a
         trial silent for twice that is failed and, up to ``max_retry`` times, enqueued again
     :param attempts: how many times to retry the creation of Optuna's tables on a shared database
     :raises StorageError: for a malformed argument or a database that does not connect
@@ -95,20 +105,22 @@ def open_storage(
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".log":
+            hold_worker_lock(path)
             return JournalStorage(JournalFileBackend(str(path)))
         storage = f"sqlite:///{path}"
-    if storage.startswith("sqlite"):
-        return RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    sqlite = storage.startswith("sqlite")
+    engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     last_error: Exception | None = None
     for attempt in range(attempts):
         try:
-            return RDBStorage(
-                storage,
-                engine_kwargs={"pool_pre_ping": True},
-                heartbeat_interval=heartbeat_interval,
-                grace_period=2 * heartbeat_interval,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-            )
+            with _experimental_allowed():
+                return RDBStorage(
+                    storage,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=2 * heartbeat_interval,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                )
         except ImportError as error:
             raise StorageError(
                 f"--storage {storage_label(storage, out_dir)}: no database driver ({error.__cause__ or error}); "
@@ -176,11 +188,3 @@ def open_study(
             "same settings, or choose another --study-name, --out or --storage"
         )
     return study
-
-
-def _silence_experimental_warnings() -> None:
-    # RetryHeartbeatStaleTrialCallback and RDBStorage's heartbeat arguments are experimental since Optuna 2.8.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-_silence_experimental_warnings()

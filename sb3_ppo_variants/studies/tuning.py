@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from sb3_ppo_variants.evaluation import evaluation_points
 from sb3_ppo_variants.studies.registry import plain_variant
@@ -30,8 +32,11 @@ from sb3_ppo_variants.studies.storage import open_study
 __all__ = [
     "PRUNERS",
     "SAMPLERS",
+    "TrialSeededSampler",
     "TuningSettings",
     "best_hyperparams",
+    "confirm_best",
+    "confirmation_seeds",
     "make_pruner",
     "make_sampler",
     "open_tuning_study",
@@ -89,6 +94,40 @@ def make_sampler(name: str, seed: int | None = None, n_startup_trials: int = 5) 
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
 
 
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Optuna's sampler ``name``, seeded for each trial from ``(seed, trial number)``.
+
+    Trial numbers are unique across the workers of a study, so workers started together with one ``--sampler-seed``
+    sample different parameters, and a study run by one worker is reproducible (a resumed one too: its new trials
+    have new numbers). TPE reads the other trials from the storage, so a fresh sampler per trial loses nothing.
+    """
+
+    def __init__(self, name: str, seed: int, n_startup_trials: int = 5) -> None:
+        self.name, self.seed, self.n_startup_trials = name, seed, n_startup_trials
+        self._sampler = make_sampler(name, seed, n_startup_trials)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        seed = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
+        self._sampler = make_sampler(self.name, seed, self.n_startup_trials)
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+
 def make_pruner(
     name: str, settings: TuningSettings, n_startup_trials: int = 5, n_warmup_evaluations: int = 0
 ) -> optuna.pruners.BasePruner:
@@ -121,14 +160,15 @@ def open_tuning_study(
 ) -> optuna.Study:
     """Create the study, or load it to resume (see :func:`~sb3_ppo_variants.studies.storage.open_study`).
 
-    A given ``sampler_seed`` is offset by the number of trials already stored, so that a resumed study does not
-    replay the random start of the sampler.
+    A given ``sampler_seed`` seeds each trial from its number (:class:`TrialSeededSampler`).
 
     :raises StudyMismatchError: when the stored settings differ from ``settings``
     """
     study = open_study(storage, study_name, settings.as_attrs(), pruner=pruner)
-    seed = None if sampler_seed is None else sampler_seed + len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(sampler, seed, n_startup_trials)
+    if sampler_seed is None:
+        study.sampler = make_sampler(sampler, None, n_startup_trials)
+    else:
+        study.sampler = TrialSeededSampler(sampler, sampler_seed, n_startup_trials)
     return study
 
 
@@ -163,11 +203,47 @@ def _train_and_score(trial: optuna.Trial, settings: TuningSettings) -> float:
     return float(np.mean(scores))
 
 
-def tuning_objective(settings: TuningSettings, max_total_trials: int | None = None) -> Objective:
+def tuning_objective(settings: TuningSettings) -> Objective:
     """The objective of a tuning study's workers (for :func:`~sb3_ppo_variants.studies.runner.run_worker`)."""
-    return Objective(lambda trial: _train_and_score(trial, settings), max_total_trials, run_attrs=RUN_ATTRS)
+    return Objective(lambda trial: _train_and_score(trial, settings), run_attrs=RUN_ATTRS)
 
 
 def best_hyperparams(trial: optuna.trial.FrozenTrial, settings: TuningSettings) -> dict[str, Any]:
     """The rl-zoo3 entry of a trial: the fixed settings, the sampled ones, and the budget they were tuned for."""
     return {**settings.hyperparams, **params_to_kwargs(trial.params), "n_timesteps": settings.timesteps}
+
+
+def confirmation_seeds(settings: TuningSettings, n_seeds: int) -> list[int]:
+    """``n_seeds`` seeds no trial trained on, and whose environments share no stream with theirs (``make_vec_env``
+    seeds env i of seed s with s + i, so the fresh seeds start ``n_envs`` past the last search seed)."""
+    first = max(settings.seeds) + int(settings.hyperparams.get("n_envs", 1))
+    return list(range(first, first + n_seeds))
+
+
+def confirm_best(study: optuna.Study, settings: TuningSettings, n_seeds: int) -> dict[str, Any] | None:
+    """Retrain the best trial's configuration on ``n_seeds`` fresh seeds (:func:`confirmation_seeds`) and store the
+    result in the study's user attribute ``confirmation``; a stored confirmation of the same trial is reused.
+
+    The best trial's own score is biased upward: it won on the seeds it was scored on. Its score on seeds the search
+    never saw is the estimate to report (Eimer, Lindauer and Raileanu 2023, "Hyperparameters in Reinforcement
+    Learning and How To Tune Them", https://arxiv.org/abs/2306.01324).
+
+    :return: ``{"trial", "seeds", "scores", "mean", "search_mean"}``, or None when no trial completed or ``n_seeds`` is 0
+    """
+    try:
+        best = study.best_trial
+    except ValueError:  # no trial completed yet
+        return None
+    if n_seeds < 1:
+        return None
+    seeds = confirmation_seeds(settings, n_seeds)
+    stored = study.user_attrs.get("confirmation")
+    if stored and stored.get("trial") == best.number and stored.get("seeds") == seeds:
+        return dict(stored)
+    hyperparams = {**settings.hyperparams, **params_to_kwargs(best.params)}
+    cells = [Cell(settings.variant, settings.env_id, seed, hyperparams) for seed in seeds]
+    scores = [round(result.final_score, 4) for result in train_batch(cells, settings.run_protocol)]
+    confirmation = {"trial": best.number, "seeds": seeds, "scores": scores, "mean": float(np.mean(scores))}
+    confirmation["search_mean"] = best.value
+    study.set_user_attr("confirmation", confirmation)
+    return confirmation

@@ -110,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-scores", metavar="CSV", help="min-max normalisation table (default: shipped)")
     parser.add_argument("--bootstrap-reps", type=int, default=2000, help="bootstrap replications (default 2000)")
     parser.add_argument("--report-only", action="store_true", help="do not run anything: report what the storage holds")
+    parser.add_argument(
+        "--failed-as-random",
+        action="store_true",
+        help="score a run that failed (twice: a failed run is retried once) as the random policy of the reference table "
+        "(default: leave it out of the statistics; the report counts it per arm either way)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=60,
+        metavar="S",
+        help="seconds between heartbeats of a running batch on a database storage (SQLite, PostgreSQL); a batch "
+        "silent for twice that is failed and run again (default 60)",
+    )
     return parser
 
 
@@ -190,7 +204,8 @@ def _check_builds(tasks: list[ablation.CellTask]) -> None:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Validate every argument and open the study; raises ValueError (naming the argument) before any run."""
-    positive = ("seeds", "timesteps", "eval_freq", "n_eval_episodes", "workers", "members_per_process", "torch_threads")
+    positive = ["seeds", "timesteps", "eval_freq", "n_eval_episodes", "workers", "members_per_process", "torch_threads"]
+    positive.append("heartbeat_interval")
     for name in (*positive, "bootstrap_reps"):
         _positive(name.replace("_", "-"), getattr(args, name))
     envs = list(dict.fromkeys(args.envs))
@@ -204,6 +219,12 @@ def prepare(args: argparse.Namespace) -> Plan:
     if args.baseline is not None and args.baseline not in names:
         raise ValueError(f"--baseline must be one of --variants {names}, got {args.baseline!r}")
     references = load_reference_scores(args.reference_scores)
+    if args.failed_as_random:
+        unknown = [env for env in envs if env not in references]
+        if unknown:
+            raise ValueError(
+                f"--failed-as-random needs a random-policy score for every env; none for {unknown} in --reference-scores"
+            )
     protocol = ablation.Protocol(args.timesteps, args.eval_freq, args.n_eval_episodes)
     out = Path(args.out)
     _check_out(out)
@@ -211,16 +232,16 @@ def prepare(args: argparse.Namespace) -> Plan:
     tasks = ablation.plan_cells(specs, envs, seeds, source, label)
     if not args.report_only:
         _check_builds(tasks)
-    storage = open_storage(args.storage, out)
+    storage = open_storage(args.storage, out, heartbeat_interval=args.heartbeat_interval)
     study = ablation.open_ablation_study(storage, args.study_name, protocol)
     return Plan(specs, envs, seeds, protocol, tasks, references, out, args.storage, storage_label(args.storage, out), study)
 
 
-def _worker_entry(storage_arg: str | None, out: str, study_name: str, torch_threads: int) -> None:
+def _worker_entry(storage_arg: str | None, out: str, study_name: str, torch_threads: int, heartbeat: int) -> None:
     """A spawned worker: its own storage connection; runs cells until none is waiting."""
     th.set_num_threads(torch_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_arg, out))
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_arg, out, heartbeat_interval=heartbeat))
     ablation.run_ablation_worker(study)
 
 
@@ -230,8 +251,47 @@ def _progress(total: int, initial: int) -> Any:
     return tqdm(total=total, initial=initial, unit="run", desc="ablation runs", dynamic_ncols=True)
 
 
-def run(plan: Plan, workers: int, threads: int = 1, members_per_process: int = ablation.DEFAULT_MEMBERS_PER_PROCESS) -> None:
-    """Enqueue the missing cells and run them here with ``workers`` processes, with a progress bar over runs."""
+def _run_queue(plan: Plan, workers: int, threads: int, heartbeat: int, bar: Any, keys: list[str]) -> None:
+    """Run the queued batches here, with ``workers`` processes, until none is waiting."""
+    if workers == 1:
+
+        def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            complete = sum(state == "complete" for state in ablation.grid_status(study, keys).values())
+            bar.update(complete - bar.n)
+            if trial.state == optuna.trial.TrialState.FAIL:
+                bar.write(f"failed: trial {trial.number}: {trial.user_attrs.get('fail_reason')}")
+            for key, reason in (trial.user_attrs.get("failures") or {}).items():
+                bar.write(f"failed: {key}: {(reason.strip().splitlines() or [''])[-1][:200]}")
+
+        ablation.run_ablation_worker(plan.study, on_trial=progress)
+        return
+    context = multiprocessing.get_context("spawn")
+    arguments = (plan.storage_arg, str(plan.out), plan.study.study_name, threads, heartbeat)
+    processes = [context.Process(target=_worker_entry, args=arguments) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        while any(process.is_alive() for process in processes):
+            time.sleep(2.0)
+            complete = sum(state == "complete" for state in ablation.grid_status(plan.study, keys).values())
+            bar.update(complete - bar.n)
+    finally:
+        for process in processes:
+            process.join()
+    bad = [process.exitcode for process in processes if process.exitcode != 0]
+    if bad:
+        bar.write(f"{len(bad)} worker(s) exited with codes {bad}")
+
+
+def run(
+    plan: Plan,
+    workers: int,
+    threads: int = 1,
+    members_per_process: int = ablation.DEFAULT_MEMBERS_PER_PROCESS,
+    heartbeat: int = 60,
+) -> None:
+    """Enqueue the missing cells and run them here with ``workers`` processes, with a progress bar over runs; then
+    enqueue and run once more the cells that failed (a failed cell runs at most ``ablation.MAX_ATTEMPTS`` times)."""
     keys = [task.key for task in plan.tasks]
     enqueued = ablation.enqueue_missing(plan.study, plan.tasks, members_per_process, min_batches=workers)
     done = sum(state == "complete" for state in ablation.grid_status(plan.study, keys).values())
@@ -241,34 +301,13 @@ def run(plan: Plan, workers: int, threads: int = 1, members_per_process: int = a
     )
     bar = _progress(len(keys), done)
     try:
-        if workers == 1:
-
-            def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-                complete = sum(state == "complete" for state in ablation.grid_status(study, keys).values())
-                bar.update(complete - bar.n)
-                if trial.state == optuna.trial.TrialState.FAIL:
-                    bar.write(f"failed: trial {trial.number}: {trial.user_attrs.get('fail_reason')}")
-
-            ablation.run_ablation_worker(plan.study, on_trial=progress)
-            return
-        context = multiprocessing.get_context("spawn")
-        processes = [
-            context.Process(target=_worker_entry, args=(plan.storage_arg, str(plan.out), plan.study.study_name, threads))
-            for _ in range(workers)
-        ]
-        for process in processes:
-            process.start()
-        try:
-            while any(process.is_alive() for process in processes):
-                time.sleep(2.0)
-                complete = sum(state == "complete" for state in ablation.grid_status(plan.study, keys).values())
-                bar.update(complete - bar.n)
-        finally:
-            for process in processes:
-                process.join()
-        bad = [process.exitcode for process in processes if process.exitcode != 0]
-        if bad:
-            bar.write(f"{len(bad)} worker(s) exited with codes {bad}")
+        for attempt in range(ablation.MAX_ATTEMPTS):
+            _run_queue(plan, workers, threads, heartbeat, bar, keys)
+            if attempt + 1 < ablation.MAX_ATTEMPTS:
+                retried = ablation.enqueue_missing(plan.study, plan.tasks, members_per_process, min_batches=workers)
+                if not retried:
+                    break
+                bar.write(f"retrying {len(retried)} failed run(s) once: {', '.join(t.key for t in retried[:8])}")
     finally:
         bar.close()
 
@@ -288,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         try:
             th.set_num_threads(args.torch_threads)
-            run(plan, args.workers, args.torch_threads, args.members_per_process)
+            run(plan, args.workers, args.torch_threads, args.members_per_process, args.heartbeat_interval)
         except KeyboardInterrupt:
             print("\ninterrupted: rerun the same command to run the missing cells", file=sys.stderr)
             return 130
@@ -304,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         args.baseline,
         args.bootstrap_reps,
+        args.failed_as_random,
     )
     status = ablation.grid_status(plan.study, [task.key for task in plan.tasks])
     incomplete = sorted(key for key, state in status.items() if state != "complete")
@@ -320,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(incomplete)} of {len(status)} runs are not complete: {', '.join(incomplete[:8])}"
             + (" ..." if len(incomplete) > 8 else "")
         )
-        for key, text in sorted(results.failed.items()):
-            print(f"  {key}: {text.splitlines()[-1][:200]}")
+        for key, reasons in sorted(results.failed.items()):
+            print(f"  {key}: {(reasons[-1].strip().splitlines() or [''])[-1][:200]}")
         return 1
     return 0

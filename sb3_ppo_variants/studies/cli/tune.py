@@ -21,7 +21,15 @@ from sb3_ppo_variants.studies.outputs import write_tuning_outputs
 from sb3_ppo_variants.studies.runner import n_counted, run_worker
 from sb3_ppo_variants.studies.search_spaces import check_combination
 from sb3_ppo_variants.studies.storage import StorageError, StudyMismatchError, open_storage, storage_label
-from sb3_ppo_variants.studies.tuning import PRUNERS, SAMPLERS, TuningSettings, make_pruner, open_tuning_study, tuning_objective
+from sb3_ppo_variants.studies.tuning import (
+    PRUNERS,
+    SAMPLERS,
+    TuningSettings,
+    confirm_best,
+    make_pruner,
+    open_tuning_study,
+    tuning_objective,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -56,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-total-trials",
         type=positive,
         default=None,
-        help="cap on the trials of the whole study, all workers together (trials already stored count)",
+        help="cap on the trials of the whole study, all workers together: complete, pruned and running trials count "
+        "(trials already stored too)",
+    )
+    parser.add_argument(
+        "--confirm-seeds",
+        type=non_negative,
+        default=5,
+        help="after the search, retrain the best configuration on this many seeds no trial used, as one batch, and "
+        "report its score beside the search's (default 5; 0: skip)",
     )
     parser.add_argument(
         "--timesteps",
@@ -99,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat-interval",
         type=positive,
         default=60,
-        help="seconds between heartbeats of a running trial (database URLs only); a trial silent for twice that is "
+        help="seconds between heartbeats of a running trial (SQLite, database URLs); a trial silent for twice that is "
         "failed and retried",
     )
     parser.add_argument("--torch-threads", type=positive, default=1, help="torch threads per worker (default 1)")
@@ -201,8 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study {study_name!r} in {label}: {n_counted(study)} trials{cap} so far; this run: up to {args.n_trials}")
     interrupted = False
     try:
-        objective = tuning_objective(settings, args.max_total_trials)
-        run_worker(study, objective, args.n_trials, show_progress_bar=not args.no_progress_bar)
+        objective = tuning_objective(settings)
+        run_worker(study, objective, args.n_trials, args.max_total_trials, show_progress_bar=not args.no_progress_bar)
+        if args.confirm_seeds:
+            print(f"confirming the best trial on {args.confirm_seeds} fresh seeds")
+            confirm_best(study, settings, args.confirm_seeds)
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: run the same command again to resume the study", file=sys.stderr)
