@@ -176,7 +176,11 @@ class Population:
 
     Failures: a member whose loss terms, gradient or next parameters go non-finite stops updating, keeping its last
     finite parameters; ``failures[k]`` records why and when. The others train on, unchanged. ``learn()`` raises
-    ``NonFiniteLossError`` only when every member has failed.
+    ``NonFiniteLossError`` only when every member has failed. A failed member's ``episode_returns`` end at its failure,
+    :meth:`evaluate` gives it NaN, and :meth:`models` gives its last finite parameters with ``model.failure`` set.
+
+    Not members: ``kl_reference`` (a ``ValueError``: the members' KL is to the policy that collected the rollout),
+    gSDE, other policies than ``MlpPolicy``, frame stacking -- train those solo.
 
     :param env_id: gymnasium id
     :param members: one dict per member: ``{"variant": name (default "clip"), "seed": int, **settings}``; ``variant``
