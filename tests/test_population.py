@@ -137,8 +137,6 @@ def test_one_population_update_gives_each_member_the_parameters_of_variant_ppo_t
         for key in ("kl", "clip_fraction", "approx_kl", "value_loss", "policy_gradient_loss", "entropy_loss", "loss"):
             assert stats[key][k] == pytest.approx(run["logs"][f"train/{key}"], rel=1e-3, abs=1e-6), (name, key)
         assert result.n_epochs_run[k] == run["logs"]["train/n_updates"] - run["n_updates"], name
-        if not name.startswith("reverse"):
-            assert stats["anchor_kl"][k] == stats["kl"][k]  # forward KL: the controller sees what train/kl logs
     assert not result.failed.any()
     stopped = names.index("target_kl_stops")
     assert result.n_epochs_run[stopped] == 1

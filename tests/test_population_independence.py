@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch as th
 
-from sb3_ppo_variants import NonFiniteLossError, Population
+from sb3_ppo_variants import NonFiniteLossError, Population, ProportionalKLController
 from sb3_ppo_variants.population.members import MemberStreams
 
 SMALL = dict(n_steps=64, n_envs=2, batch_size=32, n_epochs=3)
@@ -139,3 +139,18 @@ def test_a_non_finite_loss_is_caught_and_learn_raises_only_when_every_member_fai
     assert pop.num_timesteps == 128  # stopped after the update where the last member failed
     with pytest.raises(NonFiniteLossError):
         pop.learn(128)  # nothing left to train
+
+
+def test_a_controller_object_shared_through_hyperparams_is_each_members_own() -> None:
+    """kl_penalty may be a KLController instance; given once in hyperparams, each member gets its own copy."""
+    hyperparams = {**SMALL, "kl_penalty": ProportionalKLController(0.5, kl_target=0.001, horizon=1000)}
+    members = [dict(variant="variant_ppo", seed=0), dict(variant="variant_ppo", seed=1)]
+    pair = Population("CartPole-v1", members, hyperparams=hyperparams, device="cpu").learn(384)
+    assert pair.kl_controllers[0] is not pair.kl_controllers[1] is not hyperparams["kl_penalty"]
+    assert hyperparams["kl_penalty"].value == 0.5  # the caller's object is untouched
+    for k, member in enumerate(members):
+        alone = Population("CartPole-v1", [member], hyperparams=hyperparams, device="cpu").learn(384)
+        _assert_identical(_member(pair, k), _member(alone, 0))
+        assert pair.kl_controllers[k].value == alone.kl_controllers[0].value != 0.5
+    model = pair.models()[1]
+    assert model.kl_penalty is model.kl_controller and model.kl_controller.value == pair.kl_controllers[1].value

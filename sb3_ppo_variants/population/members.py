@@ -4,13 +4,14 @@ random streams, and the record of a member that failed.
 A member is a dict: ``{"variant": name, "seed": int, **settings}``. ``variant`` is a plain ``VARIANTS`` key (``"clip"``,
 ``"kl"``, ``"adaptive_kl"``, ``"clip_kl"``) or ``"variant_ppo"`` (:class:`~sb3_ppo_variants.VariantPPO` itself, whose
 switches ``surrogate``, ``kl_penalty``, ``kl_estimator``, ``kl_direction``, ``dual_clip`` are all free). A named variant
-fixes some switches (``clip``: the clipped surrogate and no KL penalty); a member may repeat them, and a value that
-contradicts the variant is a ``ValueError`` naming both.
+commits to some switches (``clip``: the clipped surrogate and no KL penalty); a member may repeat them, and a value that
+contradicts the variant is a ``ValueError`` naming both (the class's own check, as for a solo run). A member's settings
+are deep-copied: a ``KLController`` given as ``kl_penalty`` is each member's own.
 """
 
 from __future__ import annotations
 
-import inspect
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,13 +25,11 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from sb3_ppo_variants import losses
 from sb3_ppo_variants.algorithm import VariantPPO
 from sb3_ppo_variants.hyperparams import split_hyperparams
-from sb3_ppo_variants.kl import KL_DIRECTIONS
 from sb3_ppo_variants.population.distributions import stacked_distribution
 
 __all__ = [
     "GENERAL_VARIANT",
     "STRUCTURAL_SETTINGS",
-    "SWITCHES",
     "Member",
     "MemberFailure",
     "MemberStreams",
@@ -52,13 +51,9 @@ STRUCTURAL_SETTINGS = (
     "normalize_kwargs",
     "env_kwargs",
 )
-#: The switches of VariantPPO's loss that a named variant may fix.
-SWITCHES = ("surrogate", "kl_penalty")
 #: The general class as a member's variant: every switch free (the ablation's factorial cells).
 GENERAL_VARIANT = "variant_ppo"
 SOLO_ONLY = "train it as a solo run (one model per process) instead"
-#: Does VariantPPO take ``kl_direction``? (The drop-in issue adds it; until then the population implements it.)
-_HOST_HAS_KL_DIRECTION = "kl_direction" in inspect.signature(VariantPPO.__init__).parameters
 
 
 def _variant_classes() -> dict[str, type[VariantPPO]]:
@@ -66,12 +61,6 @@ def _variant_classes() -> dict[str, type[VariantPPO]]:
 
     classes = {name: cls for name, cls in VARIANTS.items() if issubclass(cls, VariantPPO)}
     return {**classes, GENERAL_VARIANT: VariantPPO}
-
-
-def _named_parameters(cls: type) -> set[str]:
-    """The keyword arguments a class's own ``__init__`` names (not those it passes on through ``**kwargs``)."""
-    parameters = inspect.signature(cls.__init__).parameters.values()  # type: ignore[misc]
-    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 @dataclass
@@ -170,23 +159,9 @@ class Member:
         return f"member {self.index} ({self.variant}, seed {self.seed})"
 
     @property
-    def has_solo_model(self) -> bool:
-        """Whether a solo model can hold the member's settings (a VariantPPO without ``kl_direction`` cannot)."""
-        return _HOST_HAS_KL_DIRECTION or self.kl_direction == "forward"
-
-    @property
     def surrogate(self) -> losses.SurrogateFn:
         """The member's surrogate term (looked up in ``losses.SURROGATES``, so a registered term works)."""
         return losses.get_surrogate(self.template.surrogate)
-
-
-def _switches_checked(cls: type[VariantPPO], model_kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the constructor arguments the class takes, the switches it fixes that the member repeated)."""
-    if cls is VariantPPO:
-        return model_kwargs, {}
-    named = _named_parameters(cls)
-    repeated = {name: model_kwargs[name] for name in SWITCHES if name in model_kwargs and name not in named}
-    return {name: value for name, value in model_kwargs.items() if name not in repeated}, repeated
 
 
 def _member_from_spec(index: int, member: Any, base: dict[str, Any]) -> Member:
@@ -209,7 +184,8 @@ def _member_from_spec(index: int, member: Any, base: dict[str, Any]) -> Member:
     for key in ("device", "env", "_init_setup_model", "verbose", "tensorboard_log"):
         if key in overrides:
             raise ValueError(f"{label}: {key!r} is a setting of the Population, not of a member")
-    entry = {**base, **overrides}
+    # a copy: settings that are objects (a KLController given as kl_penalty) must not be shared between members
+    entry = copy.deepcopy({**base, **overrides})
     model_kwargs, settings = split_hyperparams(entry)
     if settings.get("frame_stack"):
         raise ValueError(f"{label}: frame_stack is not supported in a population; {SOLO_ONLY}")
@@ -224,32 +200,19 @@ def _member_from_spec(index: int, member: Any, base: dict[str, Any]) -> Member:
     policy = settings.get("policy", "MlpPolicy")
     if policy not in ("MlpPolicy", ActorCriticPolicy):
         raise ValueError(f"{label}: policy must be 'MlpPolicy' in a population, got {policy!r}; {SOLO_ONLY}")
-    kl_direction = "forward"
-    if not _HOST_HAS_KL_DIRECTION and "kl_direction" in model_kwargs:
-        kl_direction = model_kwargs.pop("kl_direction")
-        if kl_direction not in KL_DIRECTIONS:
-            raise ValueError(f"{label}: kl_direction must be one of {KL_DIRECTIONS}, got {kl_direction!r}")
     cls = classes[variant]
-    accepted, repeated = _switches_checked(cls, model_kwargs)
     try:
+        # the class checks every setting, and a named variant rejects a switch that contradicts its name
         template = cls(
             "MlpPolicy",
             None,  # type: ignore[arg-type]  # settings only: no environment, no networks
             seed=int(seed),
             device="cpu",
             _init_setup_model=False,
-            **accepted,
+            **model_kwargs,
         )
     except (TypeError, ValueError) as error:
         raise type(error)(f"{label}: {error}") from None
-    for name, value in repeated.items():
-        if getattr(template, name) != value:
-            raise ValueError(
-                f"{label}: {name}={value!r} contradicts variant {variant!r} ({cls.__name__} has {name}="
-                f"{getattr(template, name)!r}); name variant={GENERAL_VARIANT!r} to choose every switch"
-            )
-    if _HOST_HAS_KL_DIRECTION:
-        kl_direction = template.kl_direction  # type: ignore[attr-defined]
     try:
         losses.get_surrogate(template.surrogate)
     except ValueError as error:
@@ -266,9 +229,7 @@ def _member_from_spec(index: int, member: Any, base: dict[str, Any]) -> Member:
         "normalize_advantage": template.normalize_advantage,
         "policy_kwargs": template.policy_kwargs,
     }
-    # what make_model builds the member's solo model from (a VariantPPO without kl_direction cannot take one)
-    model_entry = {k: v for k, v in entry.items() if k not in repeated and (k != "kl_direction" or _HOST_HAS_KL_DIRECTION)}
-    return Member(index, variant, int(seed), model_entry, settings, template, kl_direction)
+    return Member(index, variant, int(seed), entry, settings, template, template.kl_direction)
 
 
 def resolve_members(members: list[dict[str, Any]], hyperparams: dict[str, Any] | None) -> list[Member]:

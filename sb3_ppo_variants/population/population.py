@@ -25,6 +25,7 @@ from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_ppo_variants.algorithm import NonFiniteLossError, VariantPPO
+from sb3_ppo_variants.controllers import KLController
 from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET
 from sb3_ppo_variants.hyperparams import make_model, parse_policy_kwargs
 from sb3_ppo_variants.population.collection import Collector
@@ -175,7 +176,11 @@ class Population:
 
     Failures: a member whose loss terms, gradient or next parameters go non-finite stops updating, keeping its last
     finite parameters; ``failures[k]`` records why and when. The others train on, unchanged. ``learn()`` raises
-    ``NonFiniteLossError`` only when every member has failed.
+    ``NonFiniteLossError`` only when every member has failed. A failed member's ``episode_returns`` end at its failure,
+    :meth:`evaluate` gives it NaN, and :meth:`models` gives its last finite parameters with ``model.failure`` set.
+
+    Not members: ``kl_reference`` (a ``ValueError``: the members' KL is to the policy that collected the rollout),
+    gSDE, other policies than ``MlpPolicy``, frame stacking -- train those solo.
 
     :param env_id: gymnasium id
     :param members: one dict per member: ``{"variant": name (default "clip"), "seed": int, **settings}``; ``variant``
@@ -378,8 +383,8 @@ class Population:
                 continue
             self.n_updates[k] += int(result.n_epochs_run[k])
             if controller is not None:
-                controller.end_update(float(stats["anchor_kl"][k]), n_steps=n_steps)
-            log = {f"train/{name}": float(values[k]) for name, values in stats.items() if name != "anchor_kl"}
+                controller.end_update(float(stats["kl"][k]), n_steps=n_steps)
+            log = {f"train/{name}": float(values[k]) for name, values in stats.items()}
             log["train/n_updates"] = int(self.n_updates[k])
             log["train/kl_coef"] = float(coefficients.kl_coef[k])
             log["train/ent_coef"] = float(coefficients.ent_coef[k])
@@ -514,13 +519,9 @@ class Population:
         """
         result: list[BaseAlgorithm] = []
         for k, member in enumerate(self._members):
-            if not member.has_solo_model:
-                raise ValueError(
-                    f"{member.label}: kl_direction={member.kl_direction!r} cannot be held by this version's VariantPPO, "
-                    "so the member has no solo model"
-                )
             with _global_rng_kept():
-                model = make_model(member.variant, self.env_id, member.model_entry, seed=member.seed, device=self.device)
+                entry = copy.deepcopy(member.model_entry)
+                model = make_model(member.variant, self.env_id, entry, seed=member.seed, device=self.device)
             assert isinstance(model, VariantPPO)
             model.policy.load_state_dict(self.policy.member_state_dict(k), strict=True)
             state = self.optimizer.member_state(k)
@@ -535,6 +536,8 @@ class Population:
                 }
                 optimizer.load_state_dict(saved)
             model.kl_controller = copy.deepcopy(self.kl_controllers[k])
+            if isinstance(model.kl_penalty, KLController):  # a controller given as the setting is the model's controller
+                model.kl_penalty = model.kl_controller
             model.num_timesteps = self.num_timesteps
             model._n_updates = int(self.n_updates[k])
             model.failure = self.failures[k]  # type: ignore[attr-defined]

@@ -58,6 +58,8 @@ class MemberCoefficients:
     :param target_kl: (K,) with ``inf`` for the members without early stopping
     :param surrogate: per member, its surrogate term (a name of ``losses.SURROGATES``, or a function)
     :param kl_term: per member, ``(kl_estimator, kl_direction)`` of its KL penalty, or None without one
+    :param kl_direction: per member, the direction of its KL to pi_old ("forward" or "reverse"), penalised or not:
+        ``train/kl`` and its controller use it
     :param penalised: (K,) bool, whether the member has a KL penalty
     """
 
@@ -73,6 +75,7 @@ class MemberCoefficients:
     dual_clip: th.Tensor
     surrogate: list[Any]
     kl_term: list[tuple[str, str] | None]
+    kl_direction: list[str]
     penalised: th.Tensor
 
     @classmethod
@@ -115,6 +118,7 @@ class MemberCoefficients:
                 None if c is None else (model.kl_estimator, direction)
                 for model, c, direction in zip(models, controllers, kl_directions)
             ],
+            kl_direction=list(kl_directions),
             penalised=th.tensor([c is not None for c in controllers], device=device),
         )
 
@@ -247,8 +251,8 @@ FAILURE_CHECKS = ("", "loss", "gradient", "parameters")
 class UpdateResult:
     """What one update of every member gives back (numpy, (K,) each).
 
-    :attr stats: per member, SB3's log values without ``train/`` (plus ``kl``: the exact rollout KL after the update,
-        forward; ``anchor_kl``: that KL in the direction of the member's penalty, which its controller sees)
+    :attr stats: per member, SB3's log values without ``train/``, with ``kl``: the exact rollout KL after the update in
+        the member's ``kl_direction`` (what ``VariantPPO`` logs as ``train/kl`` and its controller sees)
     :attr n_epochs_run: the epochs each member entered (SB3 counts them in ``_n_updates``)
     :attr failed: (K,) bool, the members that failed during this update
     :attr failure_check: per member, the index in ``FAILURE_CHECKS`` of what failed
@@ -374,12 +378,11 @@ def update(
     stats = {name: (value / counts.clamp(min=1)).cpu().numpy() for name, value in sums.items()}
     stats["approx_kl"] = (epoch_kl_sum / epoch_kl_count.clamp(min=1)).cpu().numpy()
     stats["loss"] = last_loss.cpu().numpy()
-    forward_kl = rollout_kl(policy, data)
-    stats["kl"] = forward_kl.cpu().numpy()
-    # the KL each member's controller sees: the rollout KL in the direction of its penalty
-    reverse = th.tensor([key is not None and key[1] == "reverse" for key in coefficients.kl_term], device=device)
-    anchor_kl = th.where(reverse, rollout_kl(policy, data, reverse=True), forward_kl) if bool(reverse.any()) else forward_kl
-    stats["anchor_kl"] = anchor_kl.cpu().numpy()
+    rollout = rollout_kl(policy, data)
+    reverse = th.tensor([direction == "reverse" for direction in coefficients.kl_direction], device=device)
+    if bool(reverse.any()):
+        rollout = th.where(reverse, rollout_kl(policy, data, reverse=True), rollout)
+    stats["kl"] = rollout.cpu().numpy()
     stats["explained_variance"] = _explained_variance(data.old_values, data.returns)
     if "log_std" in policy.params:
         stats["std"] = policy.params["log_std"].detach().exp().mean(dim=1).cpu().numpy()
