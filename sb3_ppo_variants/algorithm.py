@@ -169,13 +169,15 @@ class VariantAlgorithm(_Host):
         ``"reverse"``, KL(pi || pi_old) (exact, or the reverse sampled estimators). With a ``kl_reference`` the
         penalty is KL(pi || pi_ref) and this stays ``"forward"``.
     :param kl_reference: the anchor of the KL penalty. None: the paper's KL to the policy that collected the rollout.
-        A policy, or the path of a saved one (a directory the policy class's ``from_pretrained`` reads, such as a
-        ``TransformerPolicy``'s ``save_pretrained``, or a file of SB3's ``policy.save``): a frozen copy is taken at
-        construction (``model.kl_reference``, a :class:`~sb3_ppo_variants.reference.KLReference`), saved with its
-        weights in the model's zip (``load()`` needs neither the object nor the path) and anchors KL(pi || pi_ref), as
-        in RLHF. It runs once per collected step, without gradients, under the step's action masks on MaskablePPO
-        hosts; it never runs in the update. It must take the policy's observations and have its action space (for a
-        language model: its vocabulary). Needs a ``kl_penalty``; logged as ``train/kl_ref``. Not on RecurrentPPO hosts.
+        A policy (or another model's ``kl_reference``), or the path of a saved one (a directory the policy class's
+        ``from_pretrained`` reads, such as a ``TransformerPolicy``'s ``save_pretrained``, or a file of SB3's
+        ``policy.save``): a frozen copy is taken at construction (``model.kl_reference``, a
+        :class:`~sb3_ppo_variants.reference.KLReference`), saved with its weights in the model's zip (``load()`` needs
+        neither the object nor the path) and anchors KL(pi || pi_ref), as in RLHF. It runs once per collected step,
+        without gradients, under the step's action masks on MaskablePPO hosts; it never runs in the update. It must
+        take the policy's observations and have its action space (for a language model: its vocabulary). Needs a
+        ``kl_penalty``; logged as ``train/kl_ref`` (per step) and ``train/kl_ref_per_response`` (summed over an
+        episode). Not on RecurrentPPO hosts.
     :param kl_reference_in: where the KL to the reference enters: ``"loss"`` (beta * KL(pi || pi_ref) per step,
         exact, GRPO style) or ``"reward"`` (TRL's PPO: beta * k(a_t) of each collected step subtracted from its
         reward before GAE, with k the ``kl_estimator`` at the sampled action; beta is the one in force at collection)
@@ -681,7 +683,7 @@ class VariantPPO(VariantAlgorithm, PPO):  # type: ignore[misc]
         kl_horizon: float | None = None,
         kl_estimator: KLEstimatorName | str | None = None,
         kl_direction: KLDirection | None = None,
-        kl_reference: BasePolicy | str | os.PathLike[str] | None = None,
+        kl_reference: BasePolicy | KLReference | str | os.PathLike[str] | None = None,
         kl_reference_in: KLReferencePlace | None = None,
     ):
         self._init_variant(_arguments(locals()))
@@ -735,7 +737,7 @@ class MaskableVariantPPO(VariantAlgorithm, MaskablePPO):  # type: ignore[misc]
         kl_horizon: float | None = None,
         kl_estimator: KLEstimatorName | str | None = None,
         kl_direction: KLDirection | None = None,
-        kl_reference: BasePolicy | str | os.PathLike[str] | None = None,
+        kl_reference: BasePolicy | KLReference | str | os.PathLike[str] | None = None,
         kl_reference_in: KLReferencePlace | None = None,
     ):
         self._init_variant(_arguments(locals()))
@@ -802,7 +804,7 @@ class RecurrentVariantPPO(VariantAlgorithm, RecurrentPPO):  # type: ignore[misc]
         kl_horizon: float | None = None,
         kl_estimator: KLEstimatorName | str | None = None,
         kl_direction: KLDirection | None = None,
-        kl_reference: BasePolicy | str | os.PathLike[str] | None = None,
+        kl_reference: BasePolicy | KLReference | str | os.PathLike[str] | None = None,
         kl_reference_in: KLReferencePlace | None = None,
     ):
         self._init_variant(_arguments(locals()))

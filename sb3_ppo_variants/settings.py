@@ -16,6 +16,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from sb3_ppo_variants import kl, losses
 from sb3_ppo_variants.controllers import KLController
+from sb3_ppo_variants.reference import KLReference
 from sb3_ppo_variants.schedules import ScheduleLike, check_schedule
 
 __all__ = [
@@ -76,7 +77,7 @@ class VariantSettings:
     kl_horizon: float = 10_000
     kl_estimator: str | None = None
     kl_direction: str = "forward"
-    kl_reference: BasePolicy | str | os.PathLike[str] | None = None
+    kl_reference: BasePolicy | KLReference | str | os.PathLike[str] | None = None
     kl_reference_in: str = "loss"
 
     @classmethod
@@ -111,6 +112,8 @@ class VariantSettings:
             _choice("kl_estimator", self.kl_estimator, tuple(kl.KL_ESTIMATORS))
             if self.kl_estimator != "exact":
                 kl.sampled_kl(th.zeros(1), self.kl_estimator, self.kl_direction)  # registered for that direction?
+        if isinstance(self.kl_reference, KLReference):  # another model's frozen reference: copied, like a policy
+            self.kl_reference = self.kl_reference.policy
         if self.kl_reference is not None:
             self._check_reference_setting()
 

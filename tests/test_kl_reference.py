@@ -22,6 +22,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from sb3_ppo_variants import (
     KLPPO,
     VARIANTS,
+    AdaptiveKLPPO,
     ClipKLPPO,
     ClipPPO,
     MaskableClipKLPPO,
@@ -241,6 +242,10 @@ def test_the_saved_reference_is_the_frozen_copy_not_the_source_object(tmp_path):
     loaded = ClipKLPPO.load(tmp_path / "model.zip")
     assert th.equal(_logits(loaded.reference_policy, observation), frozen)
     assert all(not p.requires_grad for p in loaded.reference_policy.parameters())
+    # another model's frozen reference is taken like a policy: copied
+    sibling = KLPPO("MlpPolicy", "CartPole-v1", kl_reference=loaded.kl_reference, **SMALL)
+    assert sibling.reference_policy is not loaded.reference_policy
+    assert th.equal(_logits(sibling.reference_policy, observation), frozen)
 
 
 def test_a_path_reference_loads_without_its_file(tmp_path):
@@ -395,7 +400,7 @@ def test_proportional_controller_with_a_reference_counts_responses(place: str, k
     # -0.2 (+0.2): beta *= 1 -+ 0.2 * 8 / 80 -- per step it would have been 1 -+ 0.2 * 32 / 80.
     reference = ClipPPO("MlpPolicy", FixedLengthEpisodes(), seed=1).policy
     env = make_vec_env(FixedLengthEpisodes, n_envs=2, seed=0)
-    model = KLPPO(
+    model = AdaptiveKLPPO(
         "MlpPolicy", env, n_steps=16, batch_size=32, n_epochs=1, seed=0, kl_penalty="proportional", kl_coef=0.5,
         kl_target=kl_target, kl_horizon=80, kl_reference=reference, kl_reference_in=place,
     )  # fmt: skip

@@ -4,6 +4,7 @@ CSVs, statistics, figures and report. Both read only the study (any worker, any 
 from __future__ import annotations
 
 import shlex
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +107,9 @@ def write_plots(study: optuna.Study, out: Path) -> dict[str, str]:
     status: dict[str, str] = {}
     for filename, plot in figures.items():
         try:
-            axes = plot()
+            with warnings.catch_warnings():  # Optuna's matplotlib plots are experimental: nothing our users can act on
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot()
             figure = np.ravel(axes)[0].figure
             figure.savefig(out / filename, dpi=100, bbox_inches="tight")
             plt.close(figure)
