@@ -1,8 +1,9 @@
 """The population throughput chart of the documentation, drawn from the results table of ``benchmarks/population.py``.
 
 ``benchmarks/population.py`` prints its results as a Markdown table (pasted into docs/benchmarks.md, "Populations");
-this script reads the rows of that table -- setting, K, the paired ratio's median, min and max -- from a Markdown
-file and plots the ratio against K per setting. The figure is generated from the measurement, never drawn by hand:
+this script reads the rows of such tables -- setting, K, the paired ratio's median, min and max, and the date written
+above each table -- from a Markdown file and plots the ratio against K per setting and date (the latest solid). The
+figure is generated from the measurement, never drawn by hand:
 
     python docs/figures/population_throughput.py                      # docs/benchmarks.md -> docs/figures/...png
     python benchmarks/population.py > results.md && python docs/figures/population_throughput.py results.md --out chart.png
@@ -22,39 +23,55 @@ ROW = re.compile(
 )
 
 
-def read_rows(markdown: str) -> dict[str, list[tuple[int, float, float, float]]]:
-    """Setting -> [(K, median ratio, min, max)] from the results table(s) of ``benchmarks/population.py``."""
-    rows: dict[str, list[tuple[int, float, float, float]]] = defaultdict(list)
+#: a date in the text above a table: the table is labelled with the last one seen
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+Rows = dict[tuple[str, str], list[tuple[int, float, float, float]]]
+
+
+def read_rows(markdown: str) -> Rows:
+    """(date, setting) -> [(K, median ratio, min, max)] from the results table(s) of ``benchmarks/population.py``; a
+    table's date is the last date written in the text above it (a file may hold several runs of the benchmark)."""
+    rows: Rows = defaultdict(list)
+    date = ""
     for line in markdown.splitlines():
         match = ROW.match(line)
         if match:
-            rows[match["setting"]].append((int(match["k"]), float(match["median"]), float(match["low"]), float(match["high"])))
+            point = (int(match["k"]), float(match["median"]), float(match["low"]), float(match["high"]))
+            rows[(date, match["setting"])].append(point)
+        elif not line.startswith("|") and (dates := DATE.findall(line)):
+            date = dates[0]
     if not rows:
         raise ValueError("no row of benchmarks/population.py's table: | setting | K | ... | ratio: median [min, max] |")
     return dict(rows)
 
 
-def plot(rows: dict[str, list[tuple[int, float, float, float]]], path: Path) -> Path:
+def plot(rows: Rows, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for setting, points in rows.items():
+    dates = sorted({date for date, _ in rows})
+    settings = list(dict.fromkeys(setting for _, setting in rows))
+    colors = {setting: f"C{i}" for i, setting in enumerate(settings)}
+    styles = {date: ("-" if date == dates[-1] else "--") for date in dates}
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for (date, setting), points in rows.items():
         points = sorted(points)
         k = [p[0] for p in points]
         median = [p[1] for p in points]
         errors = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
-        ax.errorbar(k, median, yerr=errors, marker="o", capsize=3, label=setting)
-    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        label = f"{setting}, {date}"
+        ax.errorbar(k, median, yerr=errors, marker="o", capsize=3, color=colors[setting], linestyle=styles[date], label=label)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({p[0] for points in rows.values() for p in points}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("members K")
     ax.set_ylabel("aggregate steps/s over one SB3 PPO run's")
-    ax.set_title("Population throughput (paired runs; bars: min-max over rounds)")
-    ax.legend()
+    ax.set_title("Population throughput, paired runs on a loaded 2-core VM (bars: min-max)", fontsize=10)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
