@@ -94,7 +94,7 @@ class MemberEnvs:
             env.close()
 
 
-class CartPoleEnvs:
+class CartPoleEnvs(NumpyEnvs):
     """CartPole-v1 (gymnasium's ``CartPoleEnv`` with its 500-step time limit), K x ``n_envs`` of them stepped
     with numpy at once. Each environment has its own generator, seeded as gymnasium seeds ``reset(seed=...)``,
     which draws its initial states: member k's episodes do not depend on the other members."""
@@ -102,34 +102,20 @@ class CartPoleEnvs:
     gravity, masscart, masspole, length, force_mag, tau = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
     theta_threshold_radians = 12 * 2 * math.pi / 360
     x_threshold = 2.4
+    state_dim = 4
 
     def __init__(self, env_id: str, seeds: list[int], n_envs: int, env_kwargs: dict[str, Any] | None = None):
-        env = gym.make(env_id)
-        self.observation_space, self.action_space = env.observation_space, env.action_space
-        self.max_episode_steps = int(env.spec.max_episode_steps) if env.spec and env.spec.max_episode_steps else 500
-        env.close()
-        self.n_members, self.n_envs = len(seeds), n_envs
-        self.num_envs = self.n_members * n_envs
-        self.seeds = [seed + i for seed in seeds for i in range(n_envs)]
-        self.rngs: list[np.random.Generator] = []
-        self.state = np.zeros((self.num_envs, 4))
-        self.steps = np.zeros(self.num_envs, dtype=np.int64)
-
-    #: pickling keeps the state (numpy arrays and generators)
-    resumable = True
+        super().__init__(env_id, seeds, n_envs)  # CartPole-v1 takes no constructor arguments that change its dynamics
+        self.max_episode_steps = self.max_episode_steps or 500
 
     def _reset_one(self, i: int) -> None:
         self.state[i] = self.rngs[i].uniform(low=-0.05, high=0.05, size=(4,))
         self.steps[i] = 0
 
-    def reset(self) -> np.ndarray:
-        if not self.rngs:
-            self.rngs = [np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed))) for seed in self.seeds]
-        for i in range(self.num_envs):
-            self._reset_one(i)
+    def _observations(self) -> np.ndarray:
         return self.state.astype(np.float32)
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _dynamics(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, x_dot, theta, theta_dot = self.state.T
         force = np.where(actions == 1, self.force_mag, -self.force_mag)
         costheta, sintheta = np.cos(theta), np.sin(theta)
@@ -147,22 +133,7 @@ class CartPoleEnvs:
         x, theta = self.state[:, 0], self.state[:, 2]
         terminated = (x < -self.x_threshold) | (x > self.x_threshold)
         terminated |= (theta < -self.theta_threshold_radians) | (theta > self.theta_threshold_radians)
-        self.steps += 1
-        truncated = self.steps >= self.max_episode_steps
-        terminal = self.state.astype(np.float32)
-        for i in np.flatnonzero(terminated | truncated):
-            self._reset_one(int(i))
-        return self.state.astype(np.float32), np.ones(self.num_envs, dtype=np.float32), terminated, truncated, terminal
-
-    def rng_state(self, i: int) -> Mapping[str, Any]:
-        """The state of environment ``i``'s generator (which draws its initial states)."""
-        return self.rngs[i].bit_generator.state
-
-    def set_rng_state(self, i: int, state: Mapping[str, Any]) -> None:
-        self.rngs[i].bit_generator.state = state
-
-    def close(self) -> None:
-        pass
+        return np.ones(self.num_envs), terminated
 
 
 def make_member_envs(
