@@ -583,6 +583,9 @@ def test_two_workers_on_one_postgres_study_finish_the_requested_trials_once(tmp_
             *_tune_command(tmp_path / f"out{i}", "--n-trials", "10", "--max-total-trials", str(total)),
             *("--storage", postgres_url, "--study-name", "shared", "--heartbeat-interval", "5"),
             *("--sampler", "random", "--sampler-seed", "0", "--confirm-seeds", "0"),  # one seed: per-trial streams
+            # trials of 2 x 4096 steps: at 1024 a worker on quiet cores ran all 4 trials (a population of 2 seeds each)
+            # before the other had imported torch, so "both workers took part" failed once in two CI runs
+            *("--timesteps", "4096"),
         ]
         for i in range(2)
     ]
