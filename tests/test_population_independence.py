@@ -154,3 +154,14 @@ def test_a_controller_object_shared_through_hyperparams_is_each_members_own() ->
         assert pair.kl_controllers[k].value == alone.kl_controllers[0].value != 0.5
     model = pair.models()[1]
     assert model.kl_penalty is model.kl_controller and model.kl_controller.value == pair.kl_controllers[1].value
+
+
+def test_members_stay_bit_identical_with_hidden_widths_that_are_not_multiples_of_64() -> None:
+    """The stacked MLP's tanh takes a vectorised route only where each member's block of activations fills whole vectors
+    (else PyTorch's scalar ``tanh``): with widths 24 and 40 and one env per member, collection takes the scalar route and
+    the update (batches of 32 rows) the vectorised one; either way the last member matches its solo run."""
+    hyperparams = dict(n_steps=64, n_envs=1, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[24, 40]))
+    members = [dict(variant="clip", seed=seed) for seed in range(3)]
+    together = Population("CartPole-v1", members, hyperparams=hyperparams, device="cpu").learn(256)
+    alone = Population("CartPole-v1", members[2:], hyperparams=hyperparams, device="cpu").learn(256)
+    _assert_identical(_member(together, 2), _member(alone, 0))

@@ -20,7 +20,42 @@ from sb3_ppo_variants.population.distributions import StackedDistribution
 __all__ = ["StackedActorCritic", "StackedAdam"]
 
 
-_FUNCTIONS: dict[type, Callable[[th.Tensor], th.Tensor]] = {th.nn.Tanh: th.tanh, th.nn.ReLU: th.relu}
+
+class _SigmoidTanh(th.autograd.Function):
+    """tanh(x) as 2 sigmoid(2x) - 1, with tanh's own backward pass, grad (1 - y^2).
+
+    PyTorch's CPU ``tanh`` runs a scalar loop (torch 2.13 here: 2.6 ms for 10^6 float32 values, at every
+    ``ATEN_CPU_CAPABILITY``) while its ``sigmoid`` is vectorised (0.24 ms): in a population's update tanh was a fifth of
+    the time (K=64, rl-zoo3's CartPole entry). ``x * 2`` and ``* 2`` are exact; the subtraction rounds, so the result
+    is within 1.8e-7 of tanh (absolute; measured over 10^6 normal draws, against float64), not bit-equal to it.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: th.Tensor) -> th.Tensor:
+        y = th.sigmoid(x * 2).mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: th.Tensor) -> th.Tensor:
+        (y,) = ctx.saved_tensors
+        return th.ops.aten.tanh_backward(grad, y)  # the kernel autograd runs for th.tanh
+
+
+#: per member, a multiple of this many values: then no member's value falls in the scalar tail of a vectorised loop
+#: (a multiple of twice the widest vector, 2 x 16 float32 with AVX-512), so each is rounded alike whatever K
+_VECTOR_MULTIPLE = 64
+
+
+def _tanh(x: th.Tensor) -> th.Tensor:
+    """tanh of stacked activations (K, ...): :class:`_SigmoidTanh` on the CPU where each member's block is a multiple of
+    :data:`_VECTOR_MULTIPLE` values, else ``th.tanh``."""
+    if x.device.type == "cpu" and (x.numel() // max(x.shape[0], 1)) % _VECTOR_MULTIPLE == 0:
+        return _SigmoidTanh.apply(x)  # type: ignore[no-any-return]
+    return th.tanh(x)
+
+
+_FUNCTIONS: dict[type, Callable[[th.Tensor], th.Tensor]] = {th.nn.Tanh: _tanh, th.nn.ReLU: th.relu}
 #: a member's row of the stacked parameters is padded to a multiple of this many entries (64 bytes of float32)
 _ROW_ALIGNMENT = 16
 
@@ -200,17 +235,18 @@ class StackedAdam:
         for p, exp_avg, exp_avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq):
             shape = (-1, *([1] * (p.dim() - 1)))
             grad = th.zeros_like(p) if p.grad is None else p.grad
+            # Adam's arithmetic, in place on fresh tensors where it can be (fewer large allocations; the same values)
             new_avg = exp_avg.lerp(grad, 1 - beta1)
-            new_sq = exp_avg_sq.mul(beta2).addcmul(grad, grad, value=1 - beta2)
-            denom = (new_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(self.eps)
-            new_p = p - new_avg / denom * step_size.view(shape)
+            new_sq = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = new_sq.sqrt().div_(bias_correction2_sqrt.view(shape)).add_(self.eps)
+            new_p = p.sub(new_avg.div(denom).mul_(step_size.view(shape)))
             mask = mask & th.isfinite(new_p.reshape(p.shape[0], -1)).all(dim=1)
             updates.append((p, exp_avg, exp_avg_sq, new_p, new_avg, new_sq))
         for p, exp_avg, exp_avg_sq, new_p, new_avg, new_sq in updates:
             keep = mask.view(-1, *([1] * (p.dim() - 1)))
-            p.copy_(th.where(keep, new_p, p))
-            exp_avg.copy_(th.where(keep, new_avg, exp_avg))
-            exp_avg_sq.copy_(th.where(keep, new_sq, exp_avg_sq))
+            th.where(keep, new_p, p, out=p)
+            th.where(keep, new_avg, exp_avg, out=exp_avg)
+            th.where(keep, new_sq, exp_avg_sq, out=exp_avg_sq)
         self.step_count += mask.to(self.step_count.dtype)
         return mask
 
