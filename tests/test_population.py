@@ -494,7 +494,8 @@ def test_the_stacked_tanh_is_tanh_within_float32_rounding() -> None:
     """``2 sigmoid(2x) - 1`` against float64 tanh, values and gradients, over the range activations take."""
     from sb3_ppo_variants.population.policy import _tanh
 
-    x = th.cat([th.randn(4, 256, 64, generator=th.Generator().manual_seed(0)) * 3, th.linspace(-20, 20, 4 * 64).view(4, 1, 64)], 1)
+    draws = th.randn(4, 256, 64, generator=th.Generator().manual_seed(0)) * 3
+    x = th.cat([draws, th.linspace(-20, 20, 4 * 64).view(4, 1, 64)], 1)
     x.requires_grad_(True)
     y = _tanh(x)
     assert y.grad_fn is not None and type(y.grad_fn).__name__ == "_SigmoidTanhBackward"  # the vectorised route was taken

@@ -20,7 +20,6 @@ from sb3_ppo_variants.population.distributions import StackedDistribution
 __all__ = ["StackedActorCritic", "StackedAdam"]
 
 
-
 class _SigmoidTanh(th.autograd.Function):
     """tanh(x) as 2 sigmoid(2x) - 1, with tanh's own backward pass, grad (1 - y^2).
 
