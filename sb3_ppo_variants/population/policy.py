@@ -112,10 +112,11 @@ class StackedActorCritic:
         self.device = device
 
     def _views(self, flat: th.Tensor) -> dict[str, th.Tensor]:
-        return {
-            name: flat[:, offset : offset + size].view(flat.shape[0], *stored)
-            for name, (offset, size, stored, _) in self.layout.items()
-        }
+        # One split rather than a slice per parameter: its backward writes the gradient row once (a concatenation),
+        # where each slice's backward filled a (K, P) tensor of zeros and autograd summed them all (the same values).
+        sizes = [size for _, size, _, _ in self.layout.values()]
+        parts = flat.split([*sizes, self.row_size - sum(sizes)], dim=1)
+        return {name: part.view(flat.shape[0], *stored) for (name, (_, _, stored, _)), part in zip(self.layout.items(), parts)}
 
     @property
     def params(self) -> dict[str, th.Tensor]:
