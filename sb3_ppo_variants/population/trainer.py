@@ -243,6 +243,15 @@ def _explained_variance(values: th.Tensor, returns: th.Tensor) -> np.ndarray:
         return np.where(var_y == 0, np.nan, 1 - np.var(y_true - y_pred, axis=1) / var_y)
 
 
+_GATHERED = ("observations", "actions", "old_log_prob", "advantages", "old_values", "returns", "old_dist_params")
+
+
+def _minibatch(rows: dict[str, th.Tensor], flat_index: th.Tensor, shape: tuple[int, ...], name: str) -> th.Tensor:
+    """The rows ``flat_index`` (K * B,) of the flattened (K * N, ...) tensor ``name``, as (K, B, ...) (C-contiguous)."""
+    tensor = rows[name]
+    return tensor.index_select(0, flat_index).view(*shape, *tensor.shape[1:])
+
+
 #: what stopped a member, by code (0: nothing)
 FAILURE_CHECKS = ("", "loss", "gradient", "parameters")
 
@@ -290,7 +299,10 @@ def update(
     """
     device = data.observations.device
     n_members, size = data.observations.shape[:2]
-    members = th.arange(n_members, device=device).unsqueeze(1)
+    row_offsets = th.arange(n_members, device=device).unsqueeze(1) * size  # member k's rows start at k * N
+    # (K * N, ...) views (copies at most once per update): a minibatch is then one index_select per tensor, where
+    # indexing with two index tensors took 4x longer (7% of a K=64 Pendulum update)
+    rows = {name: getattr(data, name).reshape(n_members * size, *getattr(data, name).shape[2:]) for name in _GATHERED}
     healthy = th.ones(n_members, dtype=th.bool, device=device) if failed is None else ~failed
     active = healthy.clone()
     check = th.zeros(n_members, dtype=th.long, device=device)
@@ -320,25 +332,24 @@ def update(
         epoch_kl_count = th.where(active, 0.0, epoch_kl_count)
         for start in range(0, size, batch_size):
             index = order[:, start : start + batch_size]
-            observations = data.observations[members, index]
-            actions = data.actions[members, index]
-            old_log_prob = data.old_log_prob[members, index]
+            minibatch = functools.partial(_minibatch, rows, (row_offsets + index).reshape(-1), index.shape)
+            observations, actions, old_log_prob = minibatch("observations"), minibatch("actions"), minibatch("old_log_prob")
             params, values = policy.forward(observations)
             log_prob = policy.distribution.log_prob(params, actions)
             entropy = policy.distribution.entropy(params)
-            advantages = data.advantages[members, index]
+            advantages = minibatch("advantages")
             if normalize_advantage and advantages.shape[1] > 1:
                 advantages = (advantages - advantages.mean(dim=1, keepdim=True)) / (advantages.std(dim=1, keepdim=True) + 1e-8)
 
             ratio = th.exp(log_prob - old_log_prob)
             policy_loss = surrogates.assemble(_surrogate_term, ratio, advantages, clip_range, dual_clip)
-            old_values, returns = data.old_values[members, index], data.returns[members, index]
+            old_values, returns = minibatch("old_values"), minibatch("returns")
             v_loss = value_clipping.assemble(_value_term, values, old_values, returns, clip_range_vf)
             e_loss = losses.entropy_loss(entropy, log_prob)
             loss = policy_loss + coefficients.ent_coef * e_loss + coefficients.vf_coef * v_loss
             terms = {"policy_gradient_loss": policy_loss, "value_loss": v_loss, "entropy_loss": e_loss}
             if penalties:
-                old_dist_params = data.old_dist_params[members, index]
+                old_dist_params = minibatch("old_dist_params")
                 log_ratio = log_prob - old_log_prob
                 kl = penalties.assemble(kl_term, old_dist_params, params, log_ratio)
                 loss = th.where(coefficients.penalised, loss + coefficients.kl_coef * kl, loss)
