@@ -2,7 +2,8 @@
 
 ``benchmarks/population.py`` prints its results as a Markdown table (pasted into docs/benchmarks.md, "Populations");
 this script reads the rows of such tables -- setting, K, the paired ratio's median, min and max, and the date written
-above each table -- from a Markdown file and plots the ratio against K per setting and date (the latest solid). The
+above each table -- from a Markdown file and plots the ratio against K per setting for the two latest dates (the
+latest solid). The
 figure is generated from the measurement, never drawn by hand:
 
     python docs/figures/population_throughput.py                      # docs/benchmarks.md -> docs/figures/...png
@@ -23,8 +24,8 @@ ROW = re.compile(
 )
 
 
-#: a date in the text above a table: the table is labelled with the last one seen
-DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+#: a date (and a time, "2026-12-02 14:10", where one follows it) in the text above a table: the table's label
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2})?")
 
 Rows = dict[tuple[str, str], list[tuple[int, float, float, float]]]
 
@@ -46,13 +47,15 @@ def read_rows(markdown: str) -> Rows:
     return dict(rows)
 
 
-def plot(rows: Rows, path: Path) -> Path:
+def plot(rows: Rows, path: Path, last: int = 2) -> Path:
+    """Plot the tables of the ``last`` latest labels (the latest solid, the others dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dates = sorted({date for date, _ in rows})
+    dates = sorted({date for date, _ in rows})[-last:]
+    rows = {key: points for key, points in rows.items() if key[0] in dates}
     settings = list(dict.fromkeys(setting for _, setting in rows))
     colors = {setting: f"C{i}" for i, setting in enumerate(settings)}
     styles = {date: ("-" if date == dates[-1] else "--") for date in dates}
@@ -70,7 +73,7 @@ def plot(rows: Rows, path: Path) -> Path:
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("members K")
     ax.set_ylabel("aggregate steps/s over one SB3 PPO run's")
-    ax.set_title("Population throughput, paired runs on a loaded 2-core VM (bars: min-max)", fontsize=10)
+    ax.set_title("Population throughput, paired runs on a 2-core VM (bars: min-max; dashed: earlier)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -83,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="?", default=str(HERE.parent / "benchmarks.md"), help="a Markdown file")
     parser.add_argument("--out", default=str(HERE / "population-throughput.png"))
+    parser.add_argument("--last", type=int, default=2, help="plot the tables of this many latest dates")
     args = parser.parse_args(argv)
-    print(plot(read_rows(Path(args.results).read_text(encoding="utf-8")), Path(args.out)))
+    print(plot(read_rows(Path(args.results).read_text(encoding="utf-8")), Path(args.out), args.last))
 
 
 if __name__ == "__main__":
