@@ -37,7 +37,7 @@ def test_values_at_1_half_0(schedule, start: float, middle: float, end: float) -
     # measured at most 1.7e-16 relative
     assert schedule(1.0) == pytest.approx(start, rel=1e-14, abs=0)
     assert schedule(0.5) == pytest.approx(middle, rel=1e-14, abs=0)
-    assert schedule(0.0) == pytest.approx(end, rel=1e-14, abs=0)
+    assert schedule(0.0) == pytest.approx(end, rel=1e-14, abs=0)  # the same rounding source
 
 
 def test_cosine_quarter_and_step_just_before_boundary() -> None:
