@@ -67,6 +67,7 @@ def test_reverse_sampled_estimators_by_hand() -> None:
     k1 = kl.sampled_kl(log_ratio, "k1", "reverse")
     assert k1.tolist() == pytest.approx([0.0, 2 * math.log(2.0), -0.5 * math.log(2.0)], rel=1e-15)
     k3 = kl.sampled_kl(log_ratio, "k3", "reverse")
+    # same rounding source as k1 above
     assert k3.tolist() == pytest.approx([0.0, 2 * math.log(2.0) - 1.0, -0.5 * math.log(2.0) + 0.5], rel=1e-15)
     assert (kl.sampled_kl(th.linspace(-3, 3, 101), "k3", "reverse") >= 0).all()
     assert th.equal(kl.sampled_kl(log_ratio, "k2", "reverse"), 0.5 * r * log_ratio**2)
@@ -174,13 +175,15 @@ def test_reverse_exact_kl_by_hand() -> None:
     dist = CategoricalDistribution(2).proba_distribution(th.tensor([[0.25, 0.75]], dtype=th.float64).log())
     reverse = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
     forward = 0.5 * math.log(2.0) + 0.5 * math.log(0.5 / 0.75)
-    assert kl.exact_kl(old, dist, "reverse").item() == pytest.approx(reverse, rel=1e-12)
-    assert kl.exact_kl(old, dist).item() == pytest.approx(forward, rel=1e-12)
+    # Python's float64 formula vs torch's float64 log_softmax and sums: measured 8.5e-16 relative
+    assert kl.exact_kl(old, dist, "reverse").item() == pytest.approx(reverse, rel=1e-14, abs=0)
+    assert kl.exact_kl(old, dist).item() == pytest.approx(forward, rel=1e-14, abs=0)
     assert kl.exact_kl(old, CategoricalDistribution(2).proba_distribution(old), "reverse").item() == 0.0
     # Gaussians: KL(N(1, 2) || N(0, 1)) = log(1/2) + (4 + 1) / 2 - 1/2
     gaussian = DiagGaussianDistribution(1).proba_distribution(th.ones(1, 1, dtype=th.float64), th.full((1, 1), math.log(2.0)))
     old_gaussian = th.tensor([[0.0, 1.0]], dtype=th.float64)
-    assert kl.exact_kl(old_gaussian, gaussian, "reverse").item() == pytest.approx(math.log(0.5) + 2.0, rel=1e-12)
+    # Python's float64 formula vs torch's float64 log and divisions: equal here (measured 0)
+    assert kl.exact_kl(old_gaussian, gaussian, "reverse").item() == pytest.approx(math.log(0.5) + 2.0, rel=1e-14, abs=0)
     with pytest.raises(ValueError, match="kl_direction must be one of"):
         kl.exact_kl(old, dist, "sideways")
 

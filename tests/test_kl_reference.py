@@ -43,6 +43,8 @@ def test_reference_kl_against_torch_distributions():
     expected = th.distributions.kl_divergence(
         th.distributions.Categorical(logits=logits), th.distributions.Categorical(logits=reference_logits)
     )
+    # our formulas vs torch.distributions' (other operations, float32) here and below: measured at most 3.6e-7
+    # absolute (assert_close's float32 default: rtol 1.3e-6, atol 1e-5)
     th.testing.assert_close(reference_kl(dist, reference_logits), expected)
 
     mean, log_std = th.randn(batch, 3), th.randn(batch, 3) * 0.3
@@ -51,6 +53,7 @@ def test_reference_kl_against_torch_distributions():
     expected = th.distributions.kl_divergence(
         th.distributions.Normal(mean, log_std.exp()), th.distributions.Normal(ref_mean, ref_std)
     ).sum(dim=1)
+    # other operations than torch's Normal KL, equal here (measured 0)
     th.testing.assert_close(reference_kl(gaussian, th.cat([ref_mean, ref_std], dim=1)), expected)
 
     multi = MultiCategoricalDistribution([2, 3]).proba_distribution(th.randn(batch, 5))
@@ -60,6 +63,7 @@ def test_reference_kl_against_torch_distributions():
         th.distributions.kl_divergence(th.distributions.Categorical(logits=p), th.distributions.Categorical(logits=q))
         for p, q in zip(th.split(own, [2, 3], dim=1), th.split(ref, [2, 3], dim=1))
     )
+    # measured 2.4e-7 absolute
     th.testing.assert_close(reference_kl(multi, ref), expected)
 
     bernoulli = BernoulliDistribution(3).proba_distribution(th.randn(batch, 3))
@@ -67,6 +71,7 @@ def test_reference_kl_against_torch_distributions():
     expected = th.distributions.kl_divergence(
         th.distributions.Bernoulli(logits=distribution_params(bernoulli)), th.distributions.Bernoulli(logits=ref)
     ).sum(dim=1)
+    # measured 1.2e-7 absolute
     th.testing.assert_close(reference_kl(bernoulli, ref), expected)
     # a distribution's KL to itself is 0
     th.testing.assert_close(reference_kl(dist, logits), th.zeros(batch), atol=1e-6, rtol=0)
@@ -147,7 +152,7 @@ def test_reference_policy_object_is_copied_and_survives_save_load(tmp_path):
     assert loaded.reference_policy is not None
     obs = th.as_tensor(np.zeros((1, 4), dtype=np.float32))
     with th.no_grad():
-        th.testing.assert_close(
+        assert th.equal(
             loaded.reference_policy.get_distribution(obs).distribution.logits,
             reference.get_distribution(obs).distribution.logits,
         )
@@ -372,6 +377,8 @@ def test_the_reward_penalty_is_the_estimator_at_the_sampled_action(estimator: st
     observations = th.as_tensor(buffer.observations.reshape(-1, 4))
     with th.no_grad():
         expected = model.reference_policy.get_distribution(observations).log_prob(th.as_tensor(buffer.actions.reshape(-1)))
+    # the rollout evaluated the reference n_envs rows at a time, this the whole buffer in one batch (matmuls of
+    # other shapes may round differently): equal here (measured 0)
     np.testing.assert_allclose(buffer.reference_log_prob.reshape(-1), expected.numpy(), rtol=1e-6)
 
 
@@ -408,7 +415,8 @@ def test_proportional_controller_with_a_reference_counts_responses(place: str, k
     model.learn(32)
     logger.flush_pending()
     assert model.rollout_buffer.responses() == 8
-    assert model.kl_controller.value == pytest.approx(0.5 * factor, rel=1e-12)
+    # the controller's 0.5 * (1 + (-+0.2) * 8 / 80) is the same float64 arithmetic as 0.5 * factor
+    assert model.kl_controller.value == 0.5 * factor
     # logged in both units: a response is 4 steps
     assert logger.history["train/kl_ref_per_response"][0] == pytest.approx(4 * logger.history["train/kl_ref"][0], rel=1e-12)
     assert logger.history["train/kl_ref"][0] > 0

@@ -85,7 +85,7 @@ def test_member_streams_are_independent_and_envs_are_seeded_as_a_solo_run() -> N
     draws.append(th.from_numpy(np.random.default_rng(3).standard_normal(64)).float())  # nor numpy's default_rng(seed)
     for i in range(len(draws)):
         for j in range(i + 1, len(draws)):
-            assert not th.allclose(draws[i], draws[j]), (i, j)
+            assert not th.allclose(draws[i], draws[j]), (i, j)  # different streams: the draws differ
     # consecutive seeds do not share streams (make_vec_env's env streams do: seed 0's env 1 is seed 1's env 0)
     other = MemberStreams.from_seed(4, th.device("cpu"))
     assert not th.equal(th.empty(8).normal_(generator=other.action_noise), draws[0][:8])

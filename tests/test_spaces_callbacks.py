@@ -132,11 +132,15 @@ def _split(space: spaces.Space, params: th.Tensor) -> list[th.Tensor]:
 
 
 def _stored_vs_sb3_discrete(space, stored, dist):
+    # Here and below: rows stored during the rollout (n_envs rows per forward pass) against the policy rerun on the
+    # whole rollout in one forward pass (other matmul shapes round differently): probabilities measured at most
+    # 8.9e-8 absolute, 3.0e-7 relative on matching rows
     return th.isclose(th.softmax(stored, -1), dist.distribution.probs, rtol=1e-4, atol=1e-6).all(-1)
 
 
 def _stored_vs_sb3_multidiscrete(space, stored, dist):
     rows = [
+        # as in _stored_vs_sb3_discrete
         th.isclose(th.softmax(part, -1), sub.probs, rtol=1e-4, atol=1e-6).all(-1)
         for part, sub in zip(_split(space, stored), dist.distribution)
     ]
@@ -144,12 +148,14 @@ def _stored_vs_sb3_multidiscrete(space, stored, dist):
 
 
 def _stored_vs_sb3_multibinary(space, stored, dist):
+    # as in _stored_vs_sb3_discrete
     return th.isclose(th.sigmoid(stored), dist.distribution.probs, rtol=1e-4, atol=1e-6).all(-1)
 
 
 def _stored_vs_sb3_box(space, stored, dist):
     d = stored.shape[1] // 2
     normal = dist.distribution
+    # as in _stored_vs_sb3_discrete: means measured 3.0e-8, standard deviations 2.4e-7 absolute on matching rows
     same_mean = th.isclose(stored[:, :d], normal.loc, rtol=1e-4, atol=1e-6).all(-1)
     same_std = th.isclose(stored[:, d:], normal.scale.expand_as(normal.loc), rtol=1e-4, atol=1e-6).all(-1)
     return same_mean & same_std
@@ -288,6 +294,8 @@ def check_model_after_learn(model, snapshots: RolloutSnapshots, logger: Recordin
         assert rows.all(), f"rollout {i}: {np.flatnonzero(~rows).tolist()} stored rows do not match the collecting policy"
         assert math.isfinite(kls[i]) and kls[i] > 0.0, kls
         new_state = snapshots.snapshots[i + 1]["policy_state"] if i + 1 < n_updates else final_state
+        # the logged float32 KL (O(1) log-probabilities, KLs near 1e-3) vs the float64 reference: measured at most
+        # 1.1e-7 absolute, 1.6e-4 relative
         assert kls[i] == pytest.approx(exact_rollout_kl(model, snapshot, new_state), rel=1e-3, abs=1e-9)
     assert ("train/kl_penalty" in logger.history) == settings["kl_penalty_logged"]
     for value in logger.history.get("train/kl_penalty", []):
