@@ -33,10 +33,11 @@ It may be *executed* more than once: the work of a worker that dies mid-run is l
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Container, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,6 @@ from sb3_ppo_variants.studies.runs import SeededRun
 
 __all__ = [
     "CAPPED_STATES",
-    "SHAPE_KEYS",
     "Cell",
     "CellResult",
     "Objective",
@@ -62,29 +62,19 @@ __all__ = [
     "train_batch",
 ]
 
-#: Settings of an rl-zoo3 entry that fix the shapes of a run: the cells of one population share them.
-SHAPE_KEYS = (
-    "policy",
-    "n_envs",
-    "n_steps",
-    "batch_size",
-    "n_epochs",
-    "policy_kwargs",
-    "normalize",
-    "normalize_kwargs",
-    "env_kwargs",
-    "frame_stack",
-    "use_sde",
-)
 _DIGITS = 4  # returns are rounded to this many decimals in the storage
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One seeded run to train: an algorithm of :mod:`~sb3_ppo_variants.studies.registry` on an environment.
+    """One seeded run to train: an algorithm of :mod:`~sb3_ppo_variants.studies.registry` on an environment. In an
+    ablation it is a cell of the grid, stored in its trial as a JSON recipe (:meth:`recipe`) that any worker can run.
 
     :param hyperparams: the rl-zoo3 entry (constructor arguments mixed with ``n_envs``, ``policy``, ...)
     :param model_kwargs: constructor arguments that win over the entry
+    :param variant: the ablation arm's name (the key of the results); ``algorithm`` is the registry name it builds
+    :param hyperparams_source: where the entry was read from, for the report
+    :param dropped: keys of a shared entry that ``algorithm`` does not take (left out of ``hyperparams``)
     """
 
     algorithm: str
@@ -92,6 +82,21 @@ class Cell:
     seed: int
     hyperparams: Mapping[str, Any] = field(default_factory=dict)
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    variant: str = ""
+    hyperparams_source: str = ""
+    dropped: Sequence[str] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}|{self.env_id}|{self.seed}"
+
+    def recipe(self) -> dict[str, Any]:
+        """The cell as a trial stores it (JSON, with its ``key``)."""
+        return json.loads(json.dumps({**asdict(self), "key": self.key}))
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any]) -> Cell:
+        return cls(**{item.name: recipe[item.name] for item in fields(cls)})
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ __all__ = [
     "AGGREGATE",
     "ALPHA",
     "METRICS",
+    "METRIC_NAMES",
     "VERDICTS",
     "AblationStatistics",
     "curve_intervals",
@@ -72,6 +73,8 @@ METRICS: dict[str, Callable[[np.ndarray], float]] = {
     "median": metrics.aggregate_median,
     "iqm": metrics.aggregate_iqm,
 }
+#: The metrics' names in tables and figures.
+METRIC_NAMES = {"mean": "Mean", "median": "Median", "iqm": "IQM"}
 #: The ``env_id`` of rows aggregated over environments.
 AGGREGATE = "aggregate"
 #: Level of the exact test behind a verdict (see the module docstring).
