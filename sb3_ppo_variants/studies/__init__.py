@@ -9,8 +9,8 @@ this package. A newcomer's map, in the order a study uses the modules::
     search_spaces.py what a tuning trial samples            arms.py   what an ablation compares (--variants)
     tuning.py        a tuning trial's work: sample, train the K seeds as one batch, report to the pruner; its outputs
     ablation.py      the grid: cells enqueued in batches, each cell recorded complete at most once; its results
-    runner.py        the one worker loop (study.optimize, cap, retries, catch) and train_batch(cells, protocol)
-    runs.py          a seeded solo run, advanced in segments      liveness.py   dead workers (heartbeats, locks)
+    runner.py        the one worker loop (study.optimize, cap, retries, catch), train_batch(cells, protocol), SeededRun
+    liveness.py      dead workers (heartbeats, locks)
     report.py        what an ablation leaves behind (CSVs, report); statistics.py (rliable), plots.py, reference.py
 
 The evaluation protocol (``EVAL_SEED_OFFSET``, ``evaluation_points``) is the algorithms' own:

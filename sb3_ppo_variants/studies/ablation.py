@@ -395,7 +395,10 @@ def collect_results(study: optuna.Study, keys: Sequence[str] | None = None) -> A
             rows["batches"].append({"trial": trial.number, "cells": cells, "mode": mode.get("mode"), "why": mode.get("why")})
     tables = {name: pd.DataFrame(rows[name], columns=columns) for name, columns in COLUMNS.items()}
     return AblationResults(
-        **tables,
+        tables["runs"],
+        tables["curves"],
+        tables["episodes"],
+        tables["batches"],
         recipes=recipes,
         failed={key: reasons for key, reasons in failures(trials).items() if key not in stored and key in wanted},
         duplicates=sorted(key for key, numbers in stored.items() if len(numbers) > 1),

@@ -8,7 +8,7 @@ import datetime as dt
 import os
 import platform
 import socket
-from collections import Counter
+from collections import Counter, defaultdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -110,7 +110,7 @@ def write_outputs(plan: Plan) -> tuple[Path, AblationResults]:
         figures[f"intervals_{scope}"] = plots.plot_intervals(stats.intervals, scope, path)
     if len(stats.improvement):
         figures["improvement"] = plots.plot_improvement(stats.improvement, out / "plots" / "improvement.png")
-    return write_report(out / "report.md", plan, results, stats, figures), results
+    return write_report(plan, results, stats, figures), results
 
 
 def _interval(point: float, low: float, high: float, digits: int) -> str:
@@ -170,15 +170,9 @@ def _scope_table(stats: AblationStatistics, scope: str, digits: int) -> list[str
     return table
 
 
-def _image(figures: dict[str, Path], name: str, alt: str, base: Path) -> list[str]:
+def _image(figures: dict[str, Path], name: str, alt: str, out: Path) -> list[str]:
     path = figures.get(name)
-    if path is None:
-        return []
-    return [f"![{alt}]({_relative(path, base)})", ""]
-
-
-def _relative(path: Path, base: Path) -> str:
-    return Path(os.path.relpath(path, base)).as_posix()
+    return [f"![{alt}]({path.relative_to(out).as_posix()})", ""] if path else []
 
 
 def _failures(results: AblationResults, plan: Plan) -> list[str]:
@@ -212,7 +206,7 @@ def _summary(results: AblationResults, stats: AblationStatistics, plan: Plan) ->
     counts = pd.Series(results.status).value_counts().to_dict()
     lines = [
         f"- Grid: {len(plan.specs)} variants x {len(plan.envs)} environments x {len(plan.seeds)} seeds "
-        f"= {len(results.status)} runs; " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + ".",
+        f"= {len(results.status)} runs; " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + "."
     ]
     unfinished = sorted(key for key, state in results.status.items() if state != "complete")
     if unfinished:
@@ -294,16 +288,11 @@ def _protocol(results: AblationResults, stats: AblationStatistics, plan: Plan) -
         "### Hyperparameters",
         "",
     ]
-    seen: dict[str, list[str]] = {}
+    seen: dict[tuple[str, str], dict[str, None]] = defaultdict(dict)  # (source, entry) -> the cells that use it
     for recipe in results.recipes.values():
         text = yaml.safe_dump(recipe["hyperparams"], sort_keys=True).strip() or "{}"
-        label = f"{recipe['hyperparams_source']}"
-        seen.setdefault(f"{label}\n{text}", [])
-        name = f"{recipe['variant']} on {recipe['env_id']}"
-        if name not in seen[f"{label}\n{text}"]:
-            seen[f"{label}\n{text}"].append(name)
-    for key, names in seen.items():
-        label, text = key.split("\n", 1)
+        seen[recipe["hyperparams_source"], text][f"{recipe['variant']} on {recipe['env_id']}"] = None
+    for (label, text), names in seen.items():
         lines += [f"{', '.join(names)} (from {label}):", "", "```yaml", text, "```", ""]
     lines += ["### Reference scores (min-max normalisation)", ""]
     ref_rows = [
@@ -351,44 +340,34 @@ def _machine(results: AblationResults) -> list[str]:
     ]
 
 
-def write_report(
-    path: str | Path,
-    plan: Plan,
-    results: AblationResults,
-    stats: AblationStatistics,
-    figures: dict[str, Path],
-    title: str | None = None,
-) -> Path:
-    """Write the Markdown report (figures, figure name -> path, linked relative to its directory); return its path."""
-    path = Path(path)
-    base = path.parent
+def write_report(plan: Plan, results: AblationResults, stats: AblationStatistics, figures: dict[str, Path]) -> Path:
+    """Write ``report.md`` into ``plan.out`` (``figures``: figure name -> path under ``plan.out``); return its path."""
+    out = plan.out
     digits = 2
-    title = title or f"Ablation: {', '.join(s.name for s in plan.specs)} on {', '.join(plan.envs)}"
-    lines: list[str] = [f"# {title}", "", "## Summary", ""]
+    lines: list[str] = [f"# Ablation: {', '.join(s.name for s in plan.specs)} on {', '.join(plan.envs)}", "", "## Summary", ""]
     lines += _summary(results, stats, plan)
     lines += [""]
     if AGGREGATE in set(stats.intervals.get("env_id", [])):
         lines += [f"## Over environments (normalised: {', '.join(stats.aggregate_envs)})", ""]
         lines += _scope_table(stats, AGGREGATE, digits)
         lines += [""]
-        lines += _image(figures, "intervals_aggregate", "aggregate metrics", base)
-    lines += _image(figures, "improvement", "probability of improvement", base)
+        lines += _image(figures, "intervals_aggregate", "aggregate metrics", out)
+    lines += _image(figures, "improvement", "probability of improvement", out)
     lines += ["## Per environment (raw returns of the final evaluation)", ""]
     for env_id in plan.envs:
         if env_id not in set(stats.intervals.get("env_id", [])):
             lines += [f"### {env_id}", "", "No completed run.", ""]
             continue
         lines += [f"### {env_id}", ""]
-        lines += _image(figures, f"curves_{env_id}", f"learning curves {env_id}", base)
+        lines += _image(figures, f"curves_{env_id}", f"learning curves {env_id}", out)
         lines += _scope_table(stats, env_id, digits)
         lines += [""]
-        lines += _image(figures, f"intervals_{env_id}", f"metrics {env_id}", base)
+        lines += _image(figures, f"intervals_{env_id}", f"metrics {env_id}", out)
     lines += ["## Protocol", ""]
     lines += _protocol(results, stats, plan)
     lines += ["", "## Software and machine", ""]
     lines += _machine(results)
     lines += ["", "## Raw data", ""]
-    lines += [f"- `{_relative(plan.out / f'{name}.csv', base)}`: {text}" for name, text in FILES.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    lines += [f"- `{name}.csv`: {text}" for name, text in FILES.items()]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out / "report.md"

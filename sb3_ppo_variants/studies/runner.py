@@ -10,7 +10,7 @@ Tuning and ablation are each an Optuna study plus a *work function* ``trial -> v
 :class:`RunProtocol` (budget, evaluation points, episodes) and returned as a :class:`CellResult`. The batch is
 offered to :class:`~sb3_ppo_variants.Population` (its members' parameters stacked, one forward pass and one optimiser
 step for all): when the population's constructor refuses it (a ``ValueError``: a variant it does not host, gSDE,
-images, unequal shapes, ...), the cells run solo, in lockstep (:class:`~sb3_ppo_variants.studies.runs.SeededRun`),
+images, unequal shapes, ...), the cells run solo, in lockstep (:class:`SeededRun`),
 and the population's reason is kept -- so no second list of conditions can drift from what the population accepts.
 Either way each cell has its own random streams, so its result does not depend on its companions, and in an ablation
 a cell that fails fails alone (``isolate``). Each result's ``mode`` says how it ran; the ablation report lists it.
@@ -22,19 +22,17 @@ calls ``study.optimize`` with:
   (user attributes ``fail_kind = "error"``, ``fail_reason``) and the worker goes on;
 - Optuna's ``MaxTrialsCallback`` for the study's cap (``--max-total-trials``), shared by every worker;
 - :class:`StopWhenQueueEmpty` for studies whose work is enqueued (an ablation's batches);
-- dead workers: with a database storage, Optuna's heartbeat fails a silent trial and its
-  ``RetryHeartbeatStaleTrialCallback`` enqueues it again; journal files get the same through a lock per worker
-  (:mod:`~sb3_ppo_variants.studies.liveness`).
+- dead workers' trials failed and enqueued again (:mod:`~sb3_ppo_variants.studies.liveness`).
 
-**Delivery**: a trial -- and an ablation cell -- is recorded complete at most once (a trial is told once, and a
-cell is run only by the lowest-numbered live trial that holds it, see :mod:`~sb3_ppo_variants.studies.ablation`).
-It may be *executed* more than once: the work of a worker that dies mid-run is lost and run again.
+A trial is recorded complete at most once, but may be *executed* more than once: the work of a worker that dies
+mid-run is lost and run again (an ablation cell too: :mod:`~sb3_ppo_variants.studies.ablation`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -42,13 +40,18 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch as th
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_ppo_variants.algorithm import NonFiniteLossError
+from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET
+from sb3_ppo_variants.hyperparams import make_env, make_model, split_hyperparams
 from sb3_ppo_variants.population import Population, PopulationEvalCallback
 from sb3_ppo_variants.studies.liveness import mark_worker, recover_stale_trials
-from sb3_ppo_variants.studies.runs import SeededRun
 
 __all__ = [
     "CAPPED_STATES",
@@ -56,6 +59,7 @@ __all__ = [
     "CellResult",
     "Objective",
     "RunProtocol",
+    "SeededRun",
     "StopWhenQueueEmpty",
     "n_counted",
     "run_worker",
@@ -144,6 +148,117 @@ class CellResult:
         return attrs
 
 
+# ----------------------------------------------------------------------------------------------- a solo run
+
+
+def _get_rng() -> tuple[Any, Any, Any]:
+    return th.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _set_rng(state: tuple[Any, Any, Any]) -> None:
+    th.set_rng_state(state[0])
+    np.random.set_state(state[1])
+    random.setstate(state[2])
+
+
+@dataclass
+class SeededRun:
+    """One (variant, env, seed) training run with its own random streams and a separate evaluation env, advanced in
+    segments and evaluated in between. Advanced in segments it is identical to one ``learn()`` call: its schedules see
+    the progress of the whole budget, not of the segment (SB3's ``learn(reset_num_timesteps=False)`` alone would
+    restart every schedule at each segment), and it keeps its own random streams (SB3 draws from the global
+    torch/numpy/random generators, so runs interleaved in one process would otherwise feed on each other's streams).
+
+    :param variant: a name of :mod:`~sb3_ppo_variants.studies.registry` or an algorithm class
+    :param env_id: gymnasium id
+    :param seed: training seed; the evaluation env uses ``seed + EVAL_SEED_OFFSET``
+    :param total_timesteps: the budget the schedules are computed against
+    :param hyperparams: rl-zoo3 style entry (see :func:`sb3_ppo_variants.hyperparams.make_model`)
+    :param n_eval_episodes: deterministic evaluation episodes per evaluation
+    :param model_kwargs: constructor arguments that override the entry (e.g. sampled by a tuner)
+    """
+
+    variant: Any
+    env_id: str
+    seed: int
+    total_timesteps: int
+    hyperparams: dict[str, Any] | None = None
+    n_eval_episodes: int = 10
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    episode_returns: list[float] = field(default_factory=list)
+    episode_timesteps: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        outer = _get_rng()
+        self.model: BaseAlgorithm = make_model(
+            self.variant, self.env_id, self.hyperparams, seed=self.seed, **self.model_kwargs
+        )
+        self._rng = _get_rng()
+        _set_rng(outer)
+        _, settings = split_hyperparams(self.hyperparams or {})
+        self.eval_env: VecEnv = make_env(self.env_id, settings, seed=self.seed + EVAL_SEED_OFFSET, n_envs=1)
+        if isinstance(self.eval_env, VecNormalize):
+            self.eval_env.training = False
+            self.eval_env.norm_reward = False
+        self._started = False
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.model.num_timesteps)
+
+    def advance(self, until: int, **learn_kwargs: Any) -> None:
+        """Train on until ``until`` timesteps (rounded up to whole rollouts) of the ``total_timesteps`` budget."""
+        if until <= self.num_timesteps:
+            return
+        model = self.model
+        budget = self.total_timesteps
+        original = model._update_current_progress_remaining
+
+        def whole_budget_progress(num_timesteps: int, total_timesteps: int) -> None:
+            original(num_timesteps, budget)
+
+        outer = _get_rng()
+        _set_rng(self._rng)
+        model._update_current_progress_remaining = whole_budget_progress  # type: ignore[method-assign]
+        try:
+            model.learn(until - self.num_timesteps, reset_num_timesteps=not self._started, **learn_kwargs)
+        finally:
+            del model._update_current_progress_remaining  # back to the class's method (and picklable)
+            self._rng = _get_rng()
+            _set_rng(outer)
+        self._started = True
+        self._collect_episodes()
+
+    def _collect_episodes(self) -> None:
+        # Monitor keeps the return of every finished training episode, per env; take what is new in each.
+        per_env = self.model.get_env().env_method("get_episode_rewards")  # type: ignore[union-attr]
+        if not hasattr(self, "_seen"):
+            self._seen = [0] * len(per_env)
+        for index, returns in enumerate(per_env):
+            new = [float(r) for r in returns[self._seen[index] :]]  # type: ignore[arg-type]
+            self._seen[index] = len(returns)
+            self.episode_returns.extend(new)
+            self.episode_timesteps.extend([self.num_timesteps] * len(new))
+
+    def evaluate(self) -> float:
+        """Mean return of ``n_eval_episodes`` deterministic episodes on the evaluation env."""
+        train_env = self.model.get_env()
+        if isinstance(self.eval_env, VecNormalize) and isinstance(train_env, VecNormalize):
+            self.eval_env.obs_rms = train_env.obs_rms.copy()
+        outer = _get_rng()
+        try:
+            mean, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.n_eval_episodes, deterministic=True)
+        finally:
+            _set_rng(outer)
+        return float(mean)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.eval_env.close()
+        env = self.model.get_env()
+        if env is not None:
+            env.close()
+
+
 # ----------------------------------------------------------------------------------------------- a batch
 
 
@@ -154,18 +269,14 @@ OnEvaluation = Callable[[int, np.ndarray], "bool | None"]
 def train_batch(
     cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None = None, isolate: bool = False
 ) -> list[CellResult]:
-    """Train ``cells`` under ``protocol`` and evaluate each at every evaluation point: as one
-    :class:`~sb3_ppo_variants.Population` when the population accepts them (it is constructed: its own checks
-    decide), else solo, each result's ``mode`` saying which and why.
+    """Train ``cells`` under ``protocol`` (as a population or solo: see the module docstring), one result per cell.
 
-    The cells advance in lockstep from one evaluation point to the next, so that ``on_evaluation`` sees every
-    cell's score at each point (tuning reports their mean to its pruner); it may stop the batch (return False:
-    the results so far are returned) or raise (e.g. ``optuna.TrialPruned``).
-
+    :param on_evaluation: sees every cell's score at each evaluation point (the cells advance in lockstep; tuning
+        reports their mean to its pruner); it may stop the batch (return False: the results so far are returned) or
+        raise (e.g. ``optuna.TrialPruned``)
     :param isolate: a cell whose training or evaluation raises fails alone: its result carries the reason
         (``failure``) and the other cells go on (an ablation). Without it the error propagates (a tuning trial fails
         as a whole). A population that raises is trained again cell by cell, solo, so that only the failing cell fails.
-    :return: one :class:`CellResult` per cell, in order
     """
     members = [{"variant": c.algorithm, "seed": c.seed, **c.hyperparams, **c.model_kwargs} for c in cells]
     envs = sorted({cell.env_id for cell in cells})
@@ -301,15 +412,9 @@ class StopWhenQueueEmpty:
 
 
 class Objective:
-    """The objective every worker optimises: bookkeeping around a tool's work function.
-
-    Before the work: the user attributes a retried trial inherited from the failed one (``run_attrs``) are
-    cleared and the worker is recorded (:func:`~sb3_ppo_variants.studies.liveness.mark_worker`). Around it: an
-    error is recorded (``fail_kind = "error"``, ``fail_reason``) and re-raised for ``optimize``'s ``catch``; an
-    interrupt is recorded (``fail_kind = "interrupted"``) and propagates.
-
-    :param work: ``trial -> value``
-    :param run_attrs: user attributes the work writes (cleared first on a retry)
+    """The objective every worker optimises: a tool's ``work`` (``trial -> value``), after clearing what a retried
+    trial inherited (``run_attrs``: the user attributes the work writes) and recording the worker
+    (:func:`~sb3_ppo_variants.studies.liveness.mark_worker`); an interrupt is recorded as ``fail_kind = "interrupted"``.
     """
 
     RUN_ATTRS = ("fail_reason", "fail_kind")
@@ -350,12 +455,10 @@ def run_worker(
 ) -> int:
     """Run trials of ``study`` in this process: up to ``n_trials``, until the cap, or until no trial is waiting.
 
-    Dead workers' trials are failed and enqueued again first (:func:`~sb3_ppo_variants.studies.liveness.recover_stale_trials`;
-    on database storages ``optimize`` does it again before every trial). The cap is Optuna's ``MaxTrialsCallback``
-    over :data:`CAPPED_STATES`, and this worker starts no more trials than the slots left: like Optuna's, it is
-    checked between trials, so workers that start a trial at the same moment may each finish theirs.
+    Dead workers' trials are failed and enqueued again first (on database storages ``optimize`` does it again
+    before every trial). This worker starts no more trials than the cap leaves; like Optuna's ``MaxTrialsCallback``,
+    the cap is checked between trials, so workers that start a trial at the same moment may each finish theirs.
 
-    :param objective: the tool's work wrapped in :class:`Objective`
     :param max_total_trials: the cap over the whole study, all workers together (None: no cap)
     :param until_queue_empty: stop when no trial is WAITING (and do not start when none is)
     :param callbacks: more ``optimize`` callbacks (e.g. a progress bar)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET, evaluation_points
+from sb3_ppo_variants.studies.liveness import experimental_allowed
 from sb3_ppo_variants.studies.registry import plain_variant
 from sb3_ppo_variants.studies.runner import Cell, Objective, RunProtocol, train_batch
 from sb3_ppo_variants.studies.search_spaces import check_combination, params_to_kwargs, suggest_params
@@ -335,8 +335,7 @@ def write_plots(study: optuna.Study, out: Path) -> dict[str, str]:
     status: dict[str, str] = {}
     for filename, plot in figures.items():
         try:
-            with warnings.catch_warnings():  # Optuna's matplotlib plots are experimental: nothing our users can act on
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with experimental_allowed():
                 axes = plot()
             figure = np.ravel(axes)[0].figure
             figure.savefig(out / filename, dpi=100, bbox_inches="tight")

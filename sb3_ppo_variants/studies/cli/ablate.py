@@ -1,14 +1,8 @@
 """``sb3pv-ablate`` / ``python tuning/ablate.py``: variants x environments x seeds, statistics, plots and a report.
 
-Example (about 5 minutes on 2 cores)::
-
-    python tuning/ablate.py --envs CartPole-v1 --variants clip kl adaptive_kl clip_kl --seeds 3 \\
-        --timesteps 30000 --out runs/ablation-cartpole
-
-Every batch of runs (cells of one env, up to ``--members-per-process``) is one trial of an Optuna study in
-``--storage`` (default: the journal file ``OUT/study.log``), so an interrupted command resumes where it stopped,
-and the same command on several machines with ``--storage postgresql://...`` shares the grid, each run recorded
-once. See :mod:`sb3_ppo_variants.studies.ablation`.
+Thin: validate every argument before any run (:func:`prepare`), run the grid kept in the study
+(:mod:`~sb3_ppo_variants.studies.ablation`: rerun to resume, share ``--storage`` between machines), then report
+(:mod:`~sb3_ppo_variants.studies.report`).
 """
 
 from __future__ import annotations
@@ -32,13 +26,7 @@ import yaml
 from sb3_ppo_variants.hyperparams import make_model
 from sb3_ppo_variants.studies import ablation
 from sb3_ppo_variants.studies.ablation import Plan
-from sb3_ppo_variants.studies.arms import (
-    DEFAULT_ENT_COEF,
-    DEFAULT_ENT_SCHEDULE,
-    factorial_names,
-    label_names,
-    parse_variant,
-)
+from sb3_ppo_variants.studies.arms import DEFAULT_ENT_COEF, DEFAULT_ENT_SCHEDULE, factorial_names, label_names, parse_variant
 from sb3_ppo_variants.studies.reference import load_reference_scores
 from sb3_ppo_variants.studies.runner import Cell
 from sb3_ppo_variants.studies.storage import StorageError, StudyMismatchError, open_storage, storage_label
