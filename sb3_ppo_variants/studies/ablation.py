@@ -42,6 +42,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from sb3_ppo_variants.evaluation import evaluation_points
+from sb3_ppo_variants.population import STRUCTURAL_SETTINGS
 from sb3_ppo_variants.studies.arms import VariantSpec, filter_hyperparams, hyperparams_for
 from sb3_ppo_variants.studies.liveness import WORKER_ATTR, recover_stale_trials
 from sb3_ppo_variants.studies.reference import ReferenceScore
@@ -75,20 +76,8 @@ DEFAULT_MEMBERS_PER_PROCESS = 8
 MAX_ATTEMPTS = 2
 #: User attributes an ablation trial writes while it runs (a retry inherits them, so they are cleared first).
 RUN_ATTRS = ("claimed", "results", "failures", "batch_mode", "duplicate_of", "idle")
-#: Settings of an rl-zoo3 entry that fix the shapes of a run: the cells of one population share them.
-SHAPE_KEYS = (
-    "policy",
-    "n_envs",
-    "n_steps",
-    "batch_size",
-    "n_epochs",
-    "policy_kwargs",
-    "normalize",
-    "normalize_kwargs",
-    "env_kwargs",
-    "frame_stack",
-    "use_sde",
-)
+#: Settings of an rl-zoo3 entry that fix the shapes of a run: the population's own list, rl-zoo3's frame stack, gSDE.
+SHAPE_KEYS = (*STRUCTURAL_SETTINGS, "frame_stack", "use_sde")
 #: What a cell trains: two recipes with these equal are the same run (where the settings were read from is not).
 TRAINING_FIELDS = ("algorithm", "hyperparams", "model_kwargs")
 

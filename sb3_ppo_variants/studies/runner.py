@@ -161,42 +161,27 @@ def _set_rng(state: tuple[Any, Any, Any]) -> None:
     random.setstate(state[2])
 
 
-@dataclass
 class SeededRun:
-    """One (variant, env, seed) training run with its own random streams and a separate evaluation env, advanced in
-    segments and evaluated in between. Advanced in segments it is identical to one ``learn()`` call: its schedules see
-    the progress of the whole budget, not of the segment (SB3's ``learn(reset_num_timesteps=False)`` alone would
-    restart every schedule at each segment), and it keeps its own random streams (SB3 draws from the global
+    """One cell's training run with its own random streams and a separate evaluation env (seeded with
+    ``seed + EVAL_SEED_OFFSET``), advanced in segments and evaluated in between (``protocol.n_eval_episodes``
+    deterministic episodes). Advanced in segments it is identical to one ``learn()`` call: its schedules see the
+    progress of the whole budget (``protocol.timesteps``), not of the segment (SB3's ``learn(reset_num_timesteps=False)``
+    alone would restart every schedule at each segment), and it keeps its own random streams (SB3 draws from the global
     torch/numpy/random generators, so runs interleaved in one process would otherwise feed on each other's streams).
-
-    :param variant: a name of :mod:`~sb3_ppo_variants.studies.registry` or an algorithm class
-    :param env_id: gymnasium id
-    :param seed: training seed; the evaluation env uses ``seed + EVAL_SEED_OFFSET``
-    :param total_timesteps: the budget the schedules are computed against
-    :param hyperparams: rl-zoo3 style entry (see :func:`sb3_ppo_variants.hyperparams.make_model`)
-    :param n_eval_episodes: deterministic evaluation episodes per evaluation
-    :param model_kwargs: constructor arguments that override the entry (e.g. sampled by a tuner)
     """
 
-    variant: Any
-    env_id: str
-    seed: int
-    total_timesteps: int
-    hyperparams: dict[str, Any] | None = None
-    n_eval_episodes: int = 10
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    episode_returns: list[float] = field(default_factory=list)
-    episode_timesteps: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self, cell: Cell, protocol: RunProtocol) -> None:
+        self.total_timesteps = protocol.timesteps
+        self.n_eval_episodes = protocol.n_eval_episodes
+        self.episode_returns: list[float] = []
+        self.episode_timesteps: list[int] = []
         outer = _get_rng()
-        self.model: BaseAlgorithm = make_model(
-            self.variant, self.env_id, self.hyperparams, seed=self.seed, **self.model_kwargs
-        )
+        hyperparams = dict(cell.hyperparams)
+        self.model: BaseAlgorithm = make_model(cell.algorithm, cell.env_id, hyperparams, seed=cell.seed, **cell.model_kwargs)
         self._rng = _get_rng()
         _set_rng(outer)
-        _, settings = split_hyperparams(self.hyperparams or {})
-        self.eval_env: VecEnv = make_env(self.env_id, settings, seed=self.seed + EVAL_SEED_OFFSET, n_envs=1)
+        _, settings = split_hyperparams(hyperparams)
+        self.eval_env: VecEnv = make_env(cell.env_id, settings, seed=cell.seed + EVAL_SEED_OFFSET, n_envs=1)
         if isinstance(self.eval_env, VecNormalize):
             self.eval_env.training = False
             self.eval_env.norm_reward = False
@@ -350,15 +335,7 @@ def _train_solo(
             clock = time.perf_counter()
             runs.append(None)
             try:
-                runs[index] = SeededRun(
-                    cell.algorithm,
-                    cell.env_id,
-                    cell.seed,
-                    protocol.timesteps,
-                    hyperparams=dict(cell.hyperparams),
-                    n_eval_episodes=protocol.n_eval_episodes,
-                    model_kwargs=dict(cell.model_kwargs),
-                )
+                runs[index] = SeededRun(cell, protocol)
             except Exception as error:
                 failed(index, error)
             result.wall_time_s += time.perf_counter() - clock
