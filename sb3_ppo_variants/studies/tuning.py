@@ -14,7 +14,6 @@ What a study leaves behind (:func:`write_tuning_outputs`, from the study alone, 
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -82,10 +81,6 @@ class TuningSettings:
     n_eval_episodes: int = 10
     hyperparams: Mapping[str, Any] = field(default_factory=dict)
     wide: bool = False
-
-    def as_attrs(self) -> dict[str, Any]:
-        """JSON form, as stored in the study's ``protocol`` user attribute."""
-        return json.loads(json.dumps(asdict(self)))
 
     @property
     def evaluation_points(self) -> list[int]:
@@ -175,7 +170,7 @@ def open_tuning_study(
 
     :raises StudyMismatchError: when the stored settings differ from ``settings``
     """
-    study = open_study(storage, study_name, settings.as_attrs(), pruner=pruner)
+    study = open_study(storage, study_name, asdict(settings), pruner=pruner)
     if sampler_seed is None:
         study.sampler = make_sampler(sampler, None, n_startup_trials)
     else:
