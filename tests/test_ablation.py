@@ -166,7 +166,7 @@ def _fake_train(calls: list[str]) -> ablation.Train:
     def train(cells: Any, protocol: RunProtocol) -> list[CellResult]:
         results = []
         for cell in cells:
-            calls.append(ablation.cell_key(cell.algorithm, cell.env_id, cell.seed))  # arm == algorithm in these tests
+            calls.append(cell.key)
             score = float(cell.seed) + (10.0 if cell.algorithm == "kl" else 0.0)
             T = protocol.timesteps
             results.append(CellResult([0, T], [0, T], [0.0, score], [T], [score]))
@@ -180,7 +180,7 @@ def _study(tmp_path: Path, protocol: ablation.Protocol | None = None) -> optuna.
     return ablation.open_ablation_study(storage, "ablation", protocol or ablation.Protocol(100, 50, 1))
 
 
-def _tasks(variants: tuple[str, ...] = ("clip", "kl"), seeds: int = 2, gamma: float = 0.9) -> list[ablation.CellTask]:
+def _tasks(variants: tuple[str, ...] = ("clip", "kl"), seeds: int = 2, gamma: float = 0.9) -> list[Cell]:
     source = {"CartPole-v1": {"gamma": gamma}}
     return ablation.plan_cells([parse_variant(v) for v in variants], ["CartPole-v1"], range(seeds), source, "test")
 
@@ -189,7 +189,7 @@ def _complete_per_cell(study: optuna.Study) -> Counter[str]:
     return Counter(key for t in study.get_trials(states=(TrialState.COMPLETE,)) for key in t.user_attrs["results"])
 
 
-def _enqueue(study: optuna.Study, tasks: list[ablation.CellTask]) -> None:
+def _enqueue(study: optuna.Study, tasks: list[Cell]) -> None:
     study.enqueue_trial({}, user_attrs={"batch": [task.recipe() for task in tasks]})
 
 
@@ -257,10 +257,7 @@ def test_resume_runs_only_missing_failed_and_dead_cells(tmp_path: Path) -> None:
     assert sorted(calls) == sorted(set(t.key for t in tasks) - set(done))  # nothing complete ran again
     assert _complete_per_cell(study) == Counter(t.key for t in tasks)
     results = ablation.collect_results(study)
-    trials = {
-        ablation.cell_key(v, e, s): n
-        for v, e, s, n in results.runs[["variant", "env_id", "seed", "trial"]].itertuples(index=False)
-    }
+    trials = {f"{v}|{e}|{s}": n for v, e, s, n in results.runs[["variant", "env_id", "seed", "trial"]].itertuples(index=False)}
     assert all(trials[key] == number for key, number in done.items())
     assert len(results.runs) == 6 and results.failed == {} and results.duplicates == []
 

@@ -29,7 +29,6 @@ from sb3_ppo_variants.schedules import as_schedule
 from sb3_ppo_variants.studies import runner, tuning
 from sb3_ppo_variants.studies.cli.tune import main
 from sb3_ppo_variants.studies.liveness import recover_stale_trials
-from sb3_ppo_variants.studies.outputs import fail_reasons
 from sb3_ppo_variants.studies.runner import Objective, n_counted, run_worker
 from sb3_ppo_variants.studies.search_spaces import (
     ENT_SCHEDULES,
@@ -41,7 +40,7 @@ from sb3_ppo_variants.studies.search_spaces import (
     suggest_params,
 )
 from sb3_ppo_variants.studies.storage import StudyMismatchError, open_storage
-from sb3_ppo_variants.studies.tuning import TuningSettings, open_tuning_study, tuning_objective
+from sb3_ppo_variants.studies.tuning import TuningSettings, fail_reasons, open_tuning_study, tuning_objective
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE = str(REPO / "tuning" / "tune.py")

@@ -32,7 +32,8 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,33 +42,27 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from sb3_ppo_variants.evaluation import evaluation_points
+from sb3_ppo_variants.population import STRUCTURAL_SETTINGS
 from sb3_ppo_variants.studies.arms import VariantSpec, filter_hyperparams, hyperparams_for
 from sb3_ppo_variants.studies.liveness import WORKER_ATTR, recover_stale_trials
+from sb3_ppo_variants.studies.reference import ReferenceScore
 from sb3_ppo_variants.studies.registry import PLAIN_VARIANTS, algorithm_class
-from sb3_ppo_variants.studies.runner import (
-    SHAPE_KEYS,
-    Cell,
-    CellResult,
-    Objective,
-    RunProtocol,
-    run_worker,
-    train_batch,
-)
+from sb3_ppo_variants.studies.runner import Cell, CellResult, Objective, RunProtocol, run_worker, train_batch
 from sb3_ppo_variants.studies.storage import StudyMismatchError, open_study, protocol_of
 
 __all__ = [
+    "COLUMNS",
     "DEFAULT_MEMBERS_PER_PROCESS",
     "DEFAULT_STUDY_NAME",
     "MAX_ATTEMPTS",
     "AblationResults",
-    "CellTask",
+    "Plan",
     "Protocol",
-    "ablation_objective",
-    "cell_key",
     "collect_results",
     "enqueue_missing",
     "failures",
     "grid_status",
+    "last_line",
     "make_batches",
     "open_ablation_study",
     "plan_cells",
@@ -77,12 +72,16 @@ __all__ = [
 DEFAULT_STUDY_NAME = "ablation"
 #: Cells trained together in one trial, at most.
 DEFAULT_MEMBERS_PER_PROCESS = 8
-#: User attributes an ablation trial writes while it runs (a retry inherits them, so they are cleared first).
-RUN_ATTRS = ("claimed", "results", "failures", "batch_mode", "duplicate_of", "idle")
-
-Train = Callable[[Sequence[Cell], RunProtocol], list[CellResult]]
 #: A cell that failed (an error in its own training) runs at most this many times in a study.
 MAX_ATTEMPTS = 2
+#: User attributes an ablation trial writes while it runs (a retry inherits them, so they are cleared first).
+RUN_ATTRS = ("claimed", "results", "failures", "batch_mode", "duplicate_of", "idle")
+#: Settings of an rl-zoo3 entry that fix the shapes of a run: the population's own list, rl-zoo3's frame stack, gSDE.
+SHAPE_KEYS = (*STRUCTURAL_SETTINGS, "frame_stack", "use_sde")
+#: What a cell trains: two recipes with these equal are the same run (where the settings were read from is not).
+TRAINING_FIELDS = ("algorithm", "hyperparams", "model_kwargs")
+
+Train = Callable[[Sequence[Cell], RunProtocol], list[CellResult]]
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,8 @@ class Protocol:
     """What every run of a study shares.
 
     :param timesteps: training budget of each run (the schedules' whole budget)
-    :param eval_freq: evaluate before training and at evenly spaced points at most ``eval_freq`` apart, the last at
-        the end of the budget
+    :param eval_freq: evaluate before training and at evenly spaced points at most ``eval_freq`` apart, the last at the
+        end of the budget
     :param n_eval_episodes: deterministic episodes per evaluation, on an env seeded apart from training
     """
 
@@ -111,72 +110,62 @@ class Protocol:
         return RunProtocol(self.timesteps, (0, *points), self.n_eval_episodes)
 
 
-def cell_key(variant: str, env_id: str, seed: int) -> str:
-    return f"{variant}|{env_id}|{seed}"
-
-
 @dataclass
-class CellTask:
-    """The recipe of one run, JSON-able: what a worker needs to run the cell anywhere.
+class Plan:
+    """A validated ablation command (``sb3pv-ablate``): the grid, its study, and how to report it."""
 
-    :param variant: the arm's name (the key of the results); ``algorithm`` is the registry name it builds
-    """
-
-    variant: str
-    env_id: str
-    seed: int
-    algorithm: str
-    hyperparams: dict[str, Any]
-    model_kwargs: dict[str, Any]
-    hyperparams_source: str
-    dropped: list[str] = field(default_factory=list)
+    specs: list[VariantSpec]
+    envs: list[str]
+    seeds: list[int]
+    cells: list[Cell]
+    references: dict[str, ReferenceScore]
+    out: Path
+    storage: str | None
+    storage_label: str
+    study: optuna.Study
+    command: str = ""
+    baseline: str | None = None
+    bootstrap_reps: int = 2000
+    failed_as_random: bool = False
 
     @property
-    def key(self) -> str:
-        return cell_key(self.variant, self.env_id, self.seed)
-
-    def recipe(self) -> dict[str, Any]:
-        """The task as stored in a trial's ``batch`` (with its ``key``)."""
-        return json.loads(json.dumps({**asdict(self), "key": self.key}))
-
-
-def _cell(recipe: dict[str, Any]) -> Cell:
-    return Cell(recipe["algorithm"], recipe["env_id"], recipe["seed"], recipe["hyperparams"], recipe["model_kwargs"])
+    def keys(self) -> list[str]:
+        return [cell.key for cell in self.cells]
 
 
 def plan_cells(
     specs: Iterable[VariantSpec], envs: Iterable[str], seeds: Iterable[int], source: dict[str, Any] | None, label: str
-) -> list[CellTask]:
+) -> list[Cell]:
     """Every (arm, env, seed) cell with its recipe, in the order arm, env, seed.
 
     :raises ValueError: for a label an env's entry does not define (see :func:`~sb3_ppo_variants.studies.arms.hyperparams_for`)
     """
-    tasks = []
+    cells = []
     for spec in specs:
         for env_id in envs:
             entry, where, algorithm = hyperparams_for(spec, env_id, source, label)
             entry.pop("n_timesteps", None)  # rl-zoo3's budget: the protocol's timesteps replace it
             entry, dropped = filter_hyperparams(algorithm_class(algorithm), entry)
             for seed in seeds:
-                tasks.append(CellTask(spec.name, env_id, int(seed), algorithm, entry, dict(spec.overrides), where, dropped))
-    return tasks
+                cells.append(Cell(algorithm, env_id, int(seed), entry, dict(spec.overrides), spec.name, where, dropped))
+    return cells
 
 
-def make_batches(tasks: Sequence[CellTask], members_per_process: int, min_batches: int = 1) -> list[list[CellTask]]:
-    """Group ``tasks`` into batches: cells of one env that can be one population together (or, if not, of one
+def make_batches(cells: Sequence[Cell], members_per_process: int, min_batches: int = 1) -> list[list[Cell]]:
+    """Group ``cells`` into batches: cells of one env that can be one population together (or, if not, of one
     algorithm), each group split evenly into batches of at most ``members_per_process`` cells -- and into at least
     ``min_batches`` where the group is large enough, so that that many local workers all have work."""
     if members_per_process < 1:
         raise ValueError(f"--members-per-process must be >= 1, got {members_per_process}")
-    groups: dict[str, list[CellTask]] = defaultdict(list)
-    for task in tasks:
-        merged = {**task.hyperparams, **task.model_kwargs}
+    groups: dict[str, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        merged = {**cell.hyperparams, **cell.model_kwargs}
         shape = {key: merged.get(key) for key in SHAPE_KEYS}
         # a population hosts the plain variants and VariantPPO (factorial cells); a baseline batches with itself only.
         # Grouping only: whether a batch trains as one population is the Population's own decision (train_batch).
-        solo_only = task.algorithm not in (*PLAIN_VARIANTS, "variant_ppo")
-        signature = json.dumps([task.env_id, shape, task.algorithm if solo_only else ""], sort_keys=True, default=str)
-        groups[signature].append(task)
+        solo_only = cell.algorithm not in (*PLAIN_VARIANTS, "variant_ppo")
+        signature = json.dumps([cell.env_id, shape, cell.algorithm if solo_only else ""], sort_keys=True, default=str)
+        groups[signature].append(cell)
     batches = []
     for group in groups.values():
         n = max(math.ceil(len(group) / members_per_process), min(min_batches, len(group)))
@@ -190,10 +179,6 @@ def make_batches(tasks: Sequence[CellTask], members_per_process: int, min_batche
 def open_ablation_study(storage: optuna.storages.BaseStorage, study_name: str, protocol: Protocol) -> optuna.Study:
     """Create or load the study, refusing another protocol (:func:`~sb3_ppo_variants.studies.storage.open_study`)."""
     return open_study(storage, study_name, asdict(protocol), sampler=optuna.samplers.RandomSampler())
-
-
-def _protocol(study: optuna.Study) -> Protocol:
-    return Protocol(**protocol_of(study))
 
 
 def _batch(trial: FrozenTrial) -> list[dict[str, Any]]:
@@ -223,10 +208,6 @@ def _holders(trials: Iterable[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
     return holders
 
 
-#: What a cell trains: two recipes with these equal are the same run (where the settings were read from is not).
-TRAINING_FIELDS = ("algorithm", "hyperparams", "model_kwargs")
-
-
 def _training(recipe: dict[str, Any]) -> str:
     return json.dumps({name: recipe[name] for name in TRAINING_FIELDS}, sort_keys=True)
 
@@ -245,12 +226,14 @@ def failures(trials: Iterable[FrozenTrial]) -> dict[str, list[str]]:
     return found
 
 
+def last_line(reason: str, default: str = "") -> str:
+    """The last line of a failure reason (a traceback's ends with the error), or ``default`` for an empty one."""
+    return (reason.strip().splitlines() or [default])[-1]
+
+
 def enqueue_missing(
-    study: optuna.Study,
-    tasks: Sequence[CellTask],
-    members_per_process: int = DEFAULT_MEMBERS_PER_PROCESS,
-    min_batches: int = 1,
-) -> list[CellTask]:
+    study: optuna.Study, cells: Sequence[Cell], members_per_process: int = DEFAULT_MEMBERS_PER_PROCESS, min_batches: int = 1
+) -> list[Cell]:
     """Enqueue, in batches (:func:`make_batches`), the cells no trial holds and that failed fewer than
     :data:`MAX_ATTEMPTS` times; return them.
 
@@ -262,17 +245,17 @@ def enqueue_missing(
     recipes = {recipe["key"]: recipe for trial in trials if trial.state == TrialState.COMPLETE for recipe in _batch(trial)}
     failed = failures(trials)
     missing = []
-    for task in tasks:
-        done = [t for t in holders.get(task.key, []) if t.state == TrialState.COMPLETE]
-        if done and _training(recipes[task.key]) != _training(task.recipe()):
+    for cell in cells:
+        done = [t for t in holders.get(cell.key, []) if t.state == TrialState.COMPLETE]
+        if done and _training(recipes[cell.key]) != _training(cell.recipe()):
             raise StudyMismatchError(
-                f"cell {task.key} was run with {_training(recipes[task.key])}, this command asks for "
-                f"{_training(task.recipe())}; use another --out / --storage / --study-name for other hyperparameters"
+                f"cell {cell.key} was run with {_training(recipes[cell.key])}, this command asks for "
+                f"{_training(cell.recipe())}; use another --out / --storage / --study-name for other hyperparameters"
             )
-        if task.key not in holders and len(failed.get(task.key, [])) < MAX_ATTEMPTS:
-            missing.append(task)
+        if cell.key not in holders and len(failed.get(cell.key, [])) < MAX_ATTEMPTS:
+            missing.append(cell)
     for batch in make_batches(missing, members_per_process, min_batches):
-        study.enqueue_trial({}, user_attrs={"batch": [task.recipe() for task in batch]})
+        study.enqueue_trial({}, user_attrs={"batch": [cell.recipe() for cell in batch]})
     return missing
 
 
@@ -300,7 +283,7 @@ def _run_batch(trial: optuna.Trial, train: Train) -> float:
     if not keep:
         trial.set_user_attr("duplicate_of", others)
         raise optuna.TrialPruned(f"every cell of the batch is held by trials {others}")
-    results = train([_cell(recipe) for recipe in keep], _protocol(trial.study).run_protocol)
+    results = train([Cell.from_recipe(recipe) for recipe in keep], Protocol(**protocol_of(trial.study)).run_protocol)
     mode, _, why = results[0].mode.partition(": ")
     trial.set_user_attr("batch_mode", {"mode": mode, "why": why})
     done = {recipe["key"]: result for recipe, result in zip(keep, results) if result.failure is None}
@@ -313,15 +296,6 @@ def _train_isolated(cells: Sequence[Cell], protocol: RunProtocol) -> list[CellRe
     return train_batch(cells, protocol, isolate=True)
 
 
-def ablation_objective(train: Train = _train_isolated) -> Objective:
-    """The objective of an ablation's workers: run the enqueued batch of each trial.
-
-    :param train: ``(cells, protocol) -> results`` (:func:`~sb3_ppo_variants.studies.runner.train_batch`; tests
-        pass a cheap fake)
-    """
-    return Objective(lambda trial: _run_batch(trial, train), run_attrs=RUN_ATTRS)
-
-
 def run_ablation_worker(
     study: optuna.Study,
     train: Train = _train_isolated,
@@ -330,124 +304,113 @@ def run_ablation_worker(
 ) -> int:
     """Run batches until none is waiting (or ``max_trials`` trials were started); return how many cells completed.
 
+    :param train: ``(cells, protocol) -> results`` (:func:`~sb3_ppo_variants.studies.runner.train_batch`, each cell
+        failing alone; tests pass a cheap fake)
     :param on_trial: an ``optimize`` callback, called after each trial (a progress bar)
     """
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    run_worker(
-        study, ablation_objective(train), n_trials=max_trials, until_queue_empty=True, callbacks=[on_trial] if on_trial else []
-    )
-    return sum(
-        len(t.user_attrs.get("results") or {})
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.number not in before
-    )
+    objective = Objective(lambda trial: _run_batch(trial, train), run_attrs=RUN_ATTRS)
+    run_worker(study, objective, n_trials=max_trials, until_queue_empty=True, callbacks=[on_trial] if on_trial else [])
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sum(len(t.user_attrs.get("results") or {}) for t in complete if t.number not in before)
 
 
 # ----------------------------------------------------------------------------------------------- results
 
+#: The tables of :class:`AblationResults` (and of the CSV files of the same names), with their columns.
+COLUMNS = {
+    "runs": ["variant", "env_id", "seed", "final_score", "timesteps", "wall_time_s", "trial", "host"],
+    "curves": ["variant", "env_id", "seed", "timestep", "nominal", "eval_return"],
+    "episodes": ["variant", "env_id", "seed", "timestep", "episode_return"],
+    "batches": ["trial", "cells", "mode", "why"],
+}
+
 
 @dataclass
 class AblationResults:
-    """Everything a study holds, as tables.
+    """What a study holds about a grid, as tables (columns: :data:`COLUMNS`).
 
-    :param runs: one row per completed cell: variant, env_id, seed, final_score, timesteps, wall_time_s, trial, host
-    :param curves: one row per evaluation: variant, env_id, seed, timestep (actual), nominal, eval_return
-    :param episodes: one row per training episode: variant, env_id, seed, timestep, episode_return
+    :param runs: one row per completed cell (its final score)
+    :param curves: one row per evaluation (``timestep``: reached, ``nominal``: asked for)
+    :param episodes: one row per training episode
+    :param batches: one row per COMPLETE trial: how its cells were trained (solo / population, and why)
     :param recipes: cell key -> recipe (algorithm, hyperparameters, constructor arguments, where they came from)
     :param failed: cell key -> the reasons of its failed attempts, for cells with no result
     :param duplicates: cells stored by more than one COMPLETE trial (should never happen; kept visible)
-    :param batches: one row per COMPLETE trial: trial, cells, mode (solo / population), why
+    :param status: cell key -> ``complete``, ``running``, ``waiting``, ``failed`` (tried, not held) or ``missing``
     """
 
     runs: pd.DataFrame
     curves: pd.DataFrame
     episodes: pd.DataFrame
+    batches: pd.DataFrame
     recipes: dict[str, dict[str, Any]]
     failed: dict[str, list[str]]
     duplicates: list[str]
+    status: dict[str, str]
     protocol: Protocol
-    batches: pd.DataFrame
-
-    def restrict(self, keys: set[str]) -> None:
-        """Keep only the cells ``keys`` (a study may hold more than one command's grid)."""
-        for name in ("runs", "curves", "episodes"):
-            frame = getattr(self, name)
-            keep = np.array([cell_key(v, e, s) in keys for v, e, s in zip(frame["variant"], frame["env_id"], frame["seed"])])
-            setattr(self, name, frame[keep.astype(bool)].reset_index(drop=True))  # (an empty list would select columns)
-        self.failed = {key: error for key, error in self.failed.items() if key in keys}
-        self.recipes = {key: recipe for key, recipe in self.recipes.items() if key in keys}
-        cells = self.runs.groupby("trial").size()
-        self.batches = self.batches[self.batches["trial"].isin(cells.index)].reset_index(drop=True)
-        self.batches["cells"] = [int(cells[trial]) for trial in self.batches["trial"]]
 
 
-def collect_results(study: optuna.Study) -> AblationResults:
-    """The completed cells of the study as DataFrames (the lowest-numbered trial if a cell ever completed twice)."""
+def collect_results(study: optuna.Study, keys: Sequence[str] | None = None) -> AblationResults:
+    """The cells ``keys`` of the study (None: every cell it holds; a study may hold more than one command's grid);
+    a cell that ever completed twice is read from the lowest-numbered trial."""
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    runs, curves, episodes, batches = [], [], [], []
+    if keys is None:
+        keys = list(dict.fromkeys(recipe["key"] for trial in trials for recipe in _batch(trial)))
+    wanted = set(keys)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in COLUMNS}
     recipes: dict[str, dict[str, Any]] = {}
     stored: dict[str, list[int]] = defaultdict(list)
-    for trial in trials:
-        if trial.state != TrialState.COMPLETE:
-            continue
+    for trial in (t for t in trials if t.state == TrialState.COMPLETE):
         by_key = {recipe["key"]: recipe for recipe in _batch(trial)}
-        results = trial.user_attrs.get("results") or {}
-        mode = trial.user_attrs.get("batch_mode") or {}
-        batches.append({"trial": trial.number, "cells": len(results), "mode": mode.get("mode"), "why": mode.get("why")})
-        for key, attrs in results.items():
+        cells = 0
+        for key, attrs in (trial.user_attrs.get("results") or {}).items():
             stored[key].append(trial.number)
-            if len(stored[key]) > 1:
+            if len(stored[key]) > 1 or key not in wanted:
                 continue
+            cells += 1
             cell = recipes[key] = by_key[key]
             ids = {"variant": cell["variant"], "env_id": cell["env_id"], "seed": cell["seed"]}
-            runs.append(
-                {
-                    **ids,
-                    "final_score": attrs["final_score"],
-                    "timesteps": attrs["curve_timesteps"][-1],
-                    "wall_time_s": attrs.get("wall_time_s"),
-                    "trial": trial.number,
-                    "host": (trial.user_attrs.get(WORKER_ATTR) or {}).get("host"),
-                }
-            )
-            for t, n, r in zip(attrs["curve_timesteps"], attrs["curve_nominal"], attrs["curve_returns"]):
-                curves.append({**ids, "timestep": t, "nominal": n, "eval_return": r})
+            host = (trial.user_attrs.get(WORKER_ATTR) or {}).get("host")
+            timesteps = attrs["curve_timesteps"]
+            run = {"final_score": attrs["final_score"], "timesteps": timesteps[-1], "wall_time_s": attrs.get("wall_time_s")}
+            rows["runs"].append({**ids, **run, "trial": trial.number, "host": host})
+            for t, n, r in zip(timesteps, attrs["curve_nominal"], attrs["curve_returns"]):
+                rows["curves"].append({**ids, "timestep": t, "nominal": n, "eval_return": r})
             for t, r in zip(attrs["episode_timesteps"], attrs["episode_returns"]):
-                episodes.append({**ids, "timestep": t, "episode_return": r})
-    failed = {key: reasons for key, reasons in failures(trials).items() if key not in stored}
-    columns = {
-        "runs": ["variant", "env_id", "seed", "final_score", "timesteps", "wall_time_s", "trial", "host"],
-        "curves": ["variant", "env_id", "seed", "timestep", "nominal", "eval_return"],
-        "episodes": ["variant", "env_id", "seed", "timestep", "episode_return"],
-    }
+                rows["episodes"].append({**ids, "timestep": t, "episode_return": r})
+        if cells:
+            mode = trial.user_attrs.get("batch_mode") or {}
+            rows["batches"].append({"trial": trial.number, "cells": cells, "mode": mode.get("mode"), "why": mode.get("why")})
+    tables = {name: pd.DataFrame(rows[name], columns=columns) for name, columns in COLUMNS.items()}
     return AblationResults(
-        runs=pd.DataFrame(runs, columns=columns["runs"]),
-        curves=pd.DataFrame(curves, columns=columns["curves"]),
-        episodes=pd.DataFrame(episodes, columns=columns["episodes"]),
+        tables["runs"],
+        tables["curves"],
+        tables["episodes"],
+        tables["batches"],
         recipes=recipes,
-        failed=failed,
+        failed={key: reasons for key, reasons in failures(trials).items() if key not in stored and key in wanted},
         duplicates=sorted(key for key, numbers in stored.items() if len(numbers) > 1),
-        protocol=_protocol(study),
-        batches=pd.DataFrame(batches, columns=["trial", "cells", "mode", "why"]),
+        status=_status(trials, keys),
+        protocol=Protocol(**protocol_of(study)),
     )
 
 
-def grid_status(study: optuna.Study, keys: Iterable[str]) -> dict[str, str]:
-    """For each cell key: ``complete``, ``running``, ``waiting``, ``failed`` (tried, not held) or ``missing``."""
-    trials = study.get_trials(deepcopy=False)
+#: A cell's status when trials in these states hold it, first match first.
+_HELD = ((TrialState.COMPLETE, "complete"), (TrialState.RUNNING, "running"), (TrialState.WAITING, "waiting"))
+
+
+def _status(trials: Sequence[FrozenTrial], keys: Iterable[str]) -> dict[str, str]:
     holders = _holders(trials)
     tried = {recipe["key"] for trial in trials for recipe in _batch(trial)}
     status = {}
     for key in keys:
         states = {t.state for t in holders.get(key, [])}
-        for state, name in (
-            (TrialState.COMPLETE, "complete"),
-            (TrialState.RUNNING, "running"),
-            (TrialState.WAITING, "waiting"),
-        ):
-            if state in states:
-                status[key] = name
-                break
-        else:
-            status[key] = "failed" if key in tried else "missing"
+        held = [name for state, name in _HELD if state in states]
+        status[key] = held[0] if held else "failed" if key in tried else "missing"
     return status
+
+
+def grid_status(study: optuna.Study, keys: Iterable[str]) -> dict[str, str]:
+    """For each cell key: ``complete``, ``running``, ``waiting``, ``failed`` (tried, not held) or ``missing``."""
+    return _status(study.get_trials(deepcopy=False), keys)

@@ -24,6 +24,8 @@ import socket
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +48,15 @@ MAX_RETRY = 2
 UNMARKED_GRACE_SECONDS = 120.0
 
 _lock: dict[str, Any] = {}  # this process's lock: pid, path, open file
+
+
+@contextmanager
+def experimental_allowed() -> Iterator[None]:
+    """Silence Optuna's ExperimentalWarning (heartbeats, stale-trial retries, matplotlib plots): it says nothing our
+    users can act on. Here only, not process-wide."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def hold_worker_lock(journal: str | Path) -> None:
@@ -92,8 +103,7 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
 
     :return: the numbers of the journal trials this call failed (database trials are Optuna's: not listed)
     """
-    with warnings.catch_warnings():  # both are experimental in Optuna; the warning says nothing to our users
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental_allowed():
         optuna.storages.fail_stale_trials(study)  # database storages with heartbeats; a no-op otherwise
         retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     failed = []

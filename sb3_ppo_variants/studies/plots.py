@@ -13,11 +13,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sb3_ppo_variants.studies.statistics import AGGREGATE, METRICS
+from sb3_ppo_variants.studies.statistics import AGGREGATE, METRIC_NAMES, METRICS
 
 __all__ = ["plot_improvement", "plot_intervals", "plot_learning_curves", "slug"]
-
-_LABELS = {"mean": "Mean", "median": "Median", "iqm": "IQM"}
 
 
 def slug(text: str) -> str:
@@ -91,7 +89,7 @@ def plot_intervals(intervals: pd.DataFrame, env_id: str, path: str | Path) -> Pa
             row = rows[(rows["variant"] == variant) & (rows["metric"] == metric)].iloc[0]
             ax.barh(index, row["high"] - row["low"], left=row["low"], height=0.6, color=colors[variant], alpha=0.75)
             ax.vlines(row["point"], index - 0.35, index + 0.35, color="black")
-        ax.set_title(_LABELS[metric], fontsize=10)
+        ax.set_title(METRIC_NAMES[metric], fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(4))
         _pad(ax, rows[rows["metric"] == metric])

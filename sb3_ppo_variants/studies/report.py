@@ -1,4 +1,6 @@
-"""The Markdown report of an ablation: the numbers, the figures, and the protocol that produced them."""
+"""What an ablation leaves behind in ``--out``: the CSVs, the statistics, the figures, and the Markdown report -- the
+numbers, the figures, and the protocol that produced them. It reads only the study (any worker, any machine, at any
+time); the command imports it when it reports (rliable, matplotlib and pandas cost seconds; workers need none)."""
 
 from __future__ import annotations
 
@@ -6,22 +8,29 @@ import datetime as dt
 import os
 import platform
 import socket
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 
 from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET
-from sb3_ppo_variants.studies.ablation import AblationResults
-from sb3_ppo_variants.studies.arms import VariantSpec
-from sb3_ppo_variants.studies.reference import ReferenceScore
+from sb3_ppo_variants.studies import plots
+from sb3_ppo_variants.studies.ablation import AblationResults, Plan, collect_results, last_line
 from sb3_ppo_variants.studies.registry import algorithm_class
-from sb3_ppo_variants.studies.statistics import AGGREGATE, ALPHA, METRICS, AblationStatistics
+from sb3_ppo_variants.studies.statistics import (
+    AGGREGATE,
+    ALPHA,
+    METRIC_NAMES,
+    METRICS,
+    AblationStatistics,
+    curve_intervals,
+    summarize,
+)
 
-__all__ = ["PACKAGES", "ReportContext", "package_versions", "write_report"]
+__all__ = ["FILES", "PACKAGES", "package_versions", "write_outputs", "write_report"]
 
 #: Distributions whose versions the report states.
 PACKAGES = (
@@ -36,6 +45,16 @@ PACKAGES = (
     "scipy",
     "pandas",
 )
+#: The CSV files written into ``--out`` (``NAME.csv``), as the report's "Raw data" describes them.
+FILES = {
+    "runs": "one row per run (final score; `failed`: why a run failed, when scored as the random policy)",
+    "curves": "evaluation curves",
+    "episodes": "training-episode returns (timestep: the end of the evaluation segment the episode ended in)",
+    "batches": "one row per batch (trial): how its cells were trained, solo or as a population, and why",
+    "statistics": "interval estimates",
+    "improvement": "probabilities of improvement",
+    "curve_statistics": "learning-curve IQM and CIs",
+}
 
 
 def package_versions() -> dict[str, str]:
@@ -48,27 +67,50 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-@dataclass
-class ReportContext:
-    """What the report says about how the study was run, besides the results themselves.
+def _order(variants: list[str], envs: list[str]) -> Any:
+    """A ``sort_values`` key: variants and environments in the command's order."""
+    ranks = {"variant": {name: i for i, name in enumerate(variants)}, "env_id": {name: i for i, name in enumerate(envs)}}
+    return lambda column: column.map(ranks[column.name]) if column.name in ranks else column
 
-    :param grid: cell key -> status (``complete``, ``running``, ``waiting``, ``failed``, ``missing``) of the grid asked for
-    :param plots: figure name -> path (relative to the report's directory when written)
-    :param failed_as_random: failed runs were scored as the random policy (else left out of the statistics)
-    """
 
-    specs: list[VariantSpec]
-    envs: list[str]
-    seeds: list[int]
-    references: dict[str, ReferenceScore]
-    storage: str
-    study_name: str
-    command: str
-    bootstrap_reps: int
-    grid: dict[str, str]
-    plots: dict[str, Path] = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
-    failed_as_random: bool = False
+def write_outputs(plan: Plan) -> tuple[Path, AblationResults]:
+    """Collect the grid's results, write the CSVs (:data:`FILES`), compute the statistics, draw the figures, write
+    ``report.md``. Failed cells are left out of the statistics, or, with ``plan.failed_as_random``, scored as the
+    random policy (``references[env].random_mean``). :return: the report's path and the results"""
+    out = plan.out
+    out.mkdir(parents=True, exist_ok=True)
+    results = collect_results(plan.study, plan.keys)
+    failed = [key for key, state in results.status.items() if state == "failed" and key in results.failed]
+    results.runs["failed"] = ""
+    if plan.failed_as_random and failed:  # scored as a uniformly random policy: the reference table's lower end
+        rows = []
+        for key in failed:
+            variant, env_id, seed = key.rsplit("|", 2)
+            reason = last_line(results.failed[key][-1], "failed")[:300]
+            score = plan.references[env_id].random_mean
+            rows.append({"variant": variant, "env_id": env_id, "seed": int(seed), "failed": reason, "final_score": score})
+        results.runs = pd.concat([results.runs, pd.DataFrame(rows)], ignore_index=True)
+    for name in ("runs", "curves", "episodes", "batches"):
+        getattr(results, name).to_csv(out / f"{name}.csv", index=False)
+    order = _order([spec.name for spec in plan.specs], plan.envs)
+    results.runs = results.runs.sort_values(["variant", "env_id", "seed"], key=order).reset_index(drop=True)
+    results.curves = results.curves.sort_values(["variant", "env_id", "seed"], key=order, kind="stable")
+    stats = summarize(results.runs, plan.references, plan.baseline, reps=plan.bootstrap_reps)
+    curve_stats = curve_intervals(results.curves, reps=plan.bootstrap_reps)
+    computed = {"statistics": stats.intervals, "improvement": stats.improvement, "curve_statistics": curve_stats}
+    for name, frame in computed.items():
+        frame.to_csv(out / f"{name}.csv", index=False)
+    figures: dict[str, Path] = {}
+    for env_id in plan.envs:
+        if env_id in set(curve_stats["env_id"]):
+            path = out / "plots" / f"curves_{plots.slug(env_id)}.png"
+            figures[f"curves_{env_id}"] = plots.plot_learning_curves(curve_stats, results.curves, env_id, path)
+    for scope in dict.fromkeys(stats.intervals.get("env_id", [])):
+        path = out / "plots" / f"intervals_{plots.slug(scope)}.png"
+        figures[f"intervals_{scope}"] = plots.plot_intervals(stats.intervals, scope, path)
+    if len(stats.improvement):
+        figures["improvement"] = plots.plot_improvement(stats.improvement, out / "plots" / "improvement.png")
+    return write_report(plan, results, stats, figures), results
 
 
 def _interval(point: float, low: float, high: float, digits: int) -> str:
@@ -91,15 +133,12 @@ def _merged_metrics(rows: pd.DataFrame, digits: int) -> list[list[str]]:
     return list(groups.values())
 
 
-_NAMES = {"mean": "Mean", "median": "Median", "iqm": "IQM"}
-
-
 def _scope_table(stats: AblationStatistics, scope: str, digits: int) -> list[str]:
     """The table of one scope; metrics whose columns are identical are shown once, with a note saying why."""
     rows = stats.intervals[stats.intervals["env_id"] == scope]
     improvement = stats.improvement[stats.improvement["env_id"] == scope] if len(stats.improvement) else pd.DataFrame()
     groups = _merged_metrics(rows, digits)
-    header = ["variant", "runs", *(" = ".join(_NAMES[m] for m in group) + " [95% CI]" for group in groups)]
+    header = ["variant", "runs", *(" = ".join(METRIC_NAMES[m] for m in group) + " [95% CI]" for group in groups)]
     header += [f"P(> {stats.baseline}) [95% CI]", "exact p", "verdict"]
     lines = []
     for variant in dict.fromkeys(rows["variant"]):
@@ -131,23 +170,20 @@ def _scope_table(stats: AblationStatistics, scope: str, digits: int) -> list[str
     return table
 
 
-def _image(context: ReportContext, name: str, alt: str, base: Path) -> list[str]:
-    path = context.plots.get(name)
-    if path is None:
-        return []
-    return [f"![{alt}]({Path(os.path.relpath(path, base)).as_posix()})", ""]
+def _image(figures: dict[str, Path], name: str, alt: str, out: Path) -> list[str]:
+    path = figures.get(name)
+    return [f"![{alt}]({path.relative_to(out).as_posix()})", ""] if path else []
 
 
-def _failures(results: AblationResults, context: ReportContext) -> list[str]:
+def _failures(results: AblationResults, plan: Plan) -> list[str]:
     """Per arm: "k of n runs failed", with the reasons; and how failed runs enter the statistics."""
     lines = []
-    for spec in context.specs:
-        keys = [key for key in context.grid if key.rsplit("|", 2)[0] == spec.name]
-        failed = [key for key in keys if context.grid[key] == "failed" and key in results.failed]
+    for spec in plan.specs:
+        keys = [key for key in results.status if key.rsplit("|", 2)[0] == spec.name]
+        failed = [key for key in keys if results.status[key] == "failed" and key in results.failed]
         if not failed:
             continue
-        last_lines = ((results.failed[key][-1].strip().splitlines() or ["(no reason recorded)"])[-1] for key in failed)
-        reasons = Counter(line[:300] for line in last_lines)
+        reasons = Counter(last_line(results.failed[key][-1], "(no reason recorded)")[:300] for key in failed)
         tries = Counter(len(results.failed[key]) for key in failed)
         lines.append(
             f"- **{spec.name}: {len(failed)} of {len(keys)} runs failed** "
@@ -158,7 +194,7 @@ def _failures(results: AblationResults, context: ReportContext) -> list[str]:
         lines.append(
             "- Failed runs are scored as the random policy (the reference table's random-policy return) in the "
             "statistics (--failed-as-random)."
-            if context.failed_as_random
+            if plan.failed_as_random
             else "- Failed runs are left out of the statistics (and counted above); --failed-as-random scores them as "
             "the random policy instead. Leaving them out favours an arm that fails often: read its numbers as "
             "'when it does not fail'."
@@ -166,21 +202,20 @@ def _failures(results: AblationResults, context: ReportContext) -> list[str]:
     return lines
 
 
-def _summary(results: AblationResults, stats: AblationStatistics, context: ReportContext) -> list[str]:
-    counts = pd.Series(context.grid).value_counts().to_dict()
-    total = len(context.grid)
+def _summary(results: AblationResults, stats: AblationStatistics, plan: Plan) -> list[str]:
+    counts = pd.Series(results.status).value_counts().to_dict()
     lines = [
-        f"- Grid: {len(context.specs)} variants x {len(context.envs)} environments x {len(context.seeds)} seeds "
-        f"= {total} runs; " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + ".",
+        f"- Grid: {len(plan.specs)} variants x {len(plan.envs)} environments x {len(plan.seeds)} seeds "
+        f"= {len(results.status)} runs; " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + "."
     ]
-    unfinished = sorted(key for key, state in context.grid.items() if state != "complete")
+    unfinished = sorted(key for key, state in results.status.items() if state != "complete")
     if unfinished:
         lines.append(
             f"- **Incomplete:** {len(unfinished)} runs have no result yet ({', '.join(unfinished[:12])}"
             f"{', ...' if len(unfinished) > 12 else ''}); the numbers below use the completed runs only. "
             "Rerun the same command to run the missing ones."
         )
-    lines += _failures(results, context)
+    lines += _failures(results, plan)
     if results.duplicates:
         lines.append(f"- **Warning:** cells completed more than once (the first is used): {results.duplicates}")
     if stats.baseline is not None and len(stats.improvement):
@@ -200,10 +235,10 @@ def _summary(results: AblationResults, stats: AblationStatistics, context: Repor
     return lines
 
 
-def _protocol(results: AblationResults, stats: AblationStatistics, context: ReportContext) -> list[str]:
+def _protocol(results: AblationResults, stats: AblationStatistics, plan: Plan) -> list[str]:
     protocol = results.protocol
     lines = [
-        f"- Seeds: {context.seeds} (training envs and model seeded with the seed; evaluation env with seed + "
+        f"- Seeds: {plan.seeds} (training envs and model seeded with the seed; evaluation env with seed + "
         f"{EVAL_SEED_OFFSET}).",
         f"- Budget: {protocol.timesteps} timesteps per run (rounded up to whole rollouts); the schedules run over the "
         "whole budget; an rl-zoo3 entry's `n_timesteps` is ignored.",
@@ -213,7 +248,7 @@ def _protocol(results: AblationResults, stats: AblationStatistics, context: Repo
         "- Final score of a run: its last evaluation (at the end of the budget). Training-episode returns (Monitor, "
         "stochastic policy) are kept in `episodes.csv` but not used in the statistics.",
         f"- Statistics: rliable {package_versions()['rliable']}: mean, median and IQM (25% trimmed mean) of the final "
-        f"scores with 95% stratified bootstrap CIs ({context.bootstrap_reps} replications, percentile method); "
+        f"scores with 95% stratified bootstrap CIs ({plan.bootstrap_reps} replications, percentile method); "
         "P(X > Y) is the Mann-Whitney U statistic / (n_X n_Y) averaged over environments, with a stratified "
         "independent bootstrap CI. A verdict ('better'/'worse') needs both the CI to exclude 0.5 and an exact two-sided "
         "permutation test of P(X > Y) (runs exchanged between the arms; one environment: exact Mann-Whitney) to give "
@@ -221,16 +256,16 @@ def _protocol(results: AblationResults, stats: AblationStatistics, context: Repo
         "Per environment on raw returns; over environments on min-max normalised scores. "
         "rliable's median is the median over environments of the per-environment mean, so for one environment it "
         "equals the mean.",
-        f"- Storage: `{context.storage}`, study `{context.study_name}` (each trial is a batch of cells; rerunning the "
+        f"- Storage: `{plan.storage_label}`, study `{plan.study.study_name}` (each trial is a batch of cells; rerunning the "
         "command runs only the missing cells).",
         *_batches(results),
-        f"- Command: `{context.command}`",
+        f"- Command: `{plan.command}`",
         "",
         "### Variants",
         "",
     ]
     rows = []
-    for spec in context.specs:
+    for spec in plan.specs:
         recipe = next((r for r in results.recipes.values() if r["variant"] == spec.name), None)
         algorithm = recipe["algorithm"] if recipe else spec.algorithm  # a label's algorithm is known from its cells
         rows.append(
@@ -253,16 +288,11 @@ def _protocol(results: AblationResults, stats: AblationStatistics, context: Repo
         "### Hyperparameters",
         "",
     ]
-    seen: dict[str, list[str]] = {}
+    seen: dict[tuple[str, str], dict[str, None]] = defaultdict(dict)  # (source, entry) -> the cells that use it
     for recipe in results.recipes.values():
         text = yaml.safe_dump(recipe["hyperparams"], sort_keys=True).strip() or "{}"
-        label = f"{recipe['hyperparams_source']}"
-        seen.setdefault(f"{label}\n{text}", [])
-        name = f"{recipe['variant']} on {recipe['env_id']}"
-        if name not in seen[f"{label}\n{text}"]:
-            seen[f"{label}\n{text}"].append(name)
-    for key, names in seen.items():
-        label, text = key.split("\n", 1)
+        seen[recipe["hyperparams_source"], text][f"{recipe['variant']} on {recipe['env_id']}"] = None
+    for (label, text), names in seen.items():
         lines += [f"{', '.join(names)} (from {label}):", "", "```yaml", text, "```", ""]
     lines += ["### Reference scores (min-max normalisation)", ""]
     ref_rows = [
@@ -273,8 +303,8 @@ def _protocol(results: AblationResults, stats: AblationStatistics, context: Repo
             str(ref.ppo_reference_timesteps or "-"),
             ref.ppo_reference_source,
         ]
-        for env, ref in context.references.items()
-        if env in context.envs
+        for env, ref in plan.references.items()
+        if env in plan.envs
     ]
     lines += _table(["env", "0 = random policy", "1 = reference PPO", "reference budget", "source"], ref_rows)
     lines += [
@@ -310,40 +340,34 @@ def _machine(results: AblationResults) -> list[str]:
     ]
 
 
-def write_report(
-    path: str | Path, results: AblationResults, stats: AblationStatistics, context: ReportContext, title: str | None = None
-) -> Path:
-    """Write the Markdown report (figures linked relative to its directory) and return its path."""
-    path = Path(path)
-    base = path.parent
+def write_report(plan: Plan, results: AblationResults, stats: AblationStatistics, figures: dict[str, Path]) -> Path:
+    """Write ``report.md`` into ``plan.out`` (``figures``: figure name -> path under ``plan.out``); return its path."""
+    out = plan.out
     digits = 2
-    title = title or f"Ablation: {', '.join(s.name for s in context.specs)} on {', '.join(context.envs)}"
-    lines: list[str] = [f"# {title}", "", "## Summary", ""]
-    lines += _summary(results, stats, context)
+    lines: list[str] = [f"# Ablation: {', '.join(s.name for s in plan.specs)} on {', '.join(plan.envs)}", "", "## Summary", ""]
+    lines += _summary(results, stats, plan)
     lines += [""]
     if AGGREGATE in set(stats.intervals.get("env_id", [])):
         lines += [f"## Over environments (normalised: {', '.join(stats.aggregate_envs)})", ""]
         lines += _scope_table(stats, AGGREGATE, digits)
         lines += [""]
-        lines += _image(context, "intervals_aggregate", "aggregate metrics", base)
-    lines += _image(context, "improvement", "probability of improvement", base)
+        lines += _image(figures, "intervals_aggregate", "aggregate metrics", out)
+    lines += _image(figures, "improvement", "probability of improvement", out)
     lines += ["## Per environment (raw returns of the final evaluation)", ""]
-    for env_id in context.envs:
+    for env_id in plan.envs:
         if env_id not in set(stats.intervals.get("env_id", [])):
             lines += [f"### {env_id}", "", "No completed run.", ""]
             continue
         lines += [f"### {env_id}", ""]
-        lines += _image(context, f"curves_{env_id}", f"learning curves {env_id}", base)
+        lines += _image(figures, f"curves_{env_id}", f"learning curves {env_id}", out)
         lines += _scope_table(stats, env_id, digits)
         lines += [""]
-        lines += _image(context, f"intervals_{env_id}", f"metrics {env_id}", base)
+        lines += _image(figures, f"intervals_{env_id}", f"metrics {env_id}", out)
     lines += ["## Protocol", ""]
-    lines += _protocol(results, stats, context)
+    lines += _protocol(results, stats, plan)
     lines += ["", "## Software and machine", ""]
     lines += _machine(results)
-    if context.files:
-        lines += ["", "## Raw data", ""]
-        lines += [f"- `{Path(os.path.relpath(p, base)).as_posix()}`: {name}" for name, p in context.files.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    lines += ["", "## Raw data", ""]
+    lines += [f"- `{name}.csv`: {text}" for name, text in FILES.items()]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out / "report.md"

@@ -10,7 +10,7 @@ Tuning and ablation are each an Optuna study plus a *work function* ``trial -> v
 :class:`RunProtocol` (budget, evaluation points, episodes) and returned as a :class:`CellResult`. The batch is
 offered to :class:`~sb3_ppo_variants.Population` (its members' parameters stacked, one forward pass and one optimiser
 step for all): when the population's constructor refuses it (a ``ValueError``: a variant it does not host, gSDE,
-images, unequal shapes, ...), the cells run solo, in lockstep (:class:`~sb3_ppo_variants.studies.runs.SeededRun`),
+images, unequal shapes, ...), the cells run solo, in lockstep (:class:`SeededRun`),
 and the population's reason is kept -- so no second list of conditions can drift from what the population accepts.
 Either way each cell has its own random streams, so its result does not depend on its companions, and in an ablation
 a cell that fails fails alone (``isolate``). Each result's ``mode`` says how it ran; the ablation report lists it.
@@ -22,69 +22,63 @@ calls ``study.optimize`` with:
   (user attributes ``fail_kind = "error"``, ``fail_reason``) and the worker goes on;
 - Optuna's ``MaxTrialsCallback`` for the study's cap (``--max-total-trials``), shared by every worker;
 - :class:`StopWhenQueueEmpty` for studies whose work is enqueued (an ablation's batches);
-- dead workers: with a database storage, Optuna's heartbeat fails a silent trial and its
-  ``RetryHeartbeatStaleTrialCallback`` enqueues it again; journal files get the same through a lock per worker
-  (:mod:`~sb3_ppo_variants.studies.liveness`).
+- dead workers' trials failed and enqueued again (:mod:`~sb3_ppo_variants.studies.liveness`).
 
-**Delivery**: a trial -- and an ablation cell -- is recorded complete at most once (a trial is told once, and a
-cell is run only by the lowest-numbered live trial that holds it, see :mod:`~sb3_ppo_variants.studies.ablation`).
-It may be *executed* more than once: the work of a worker that dies mid-run is lost and run again.
+A trial is recorded complete at most once, but may be *executed* more than once: the work of a worker that dies
+mid-run is lost and run again (an ablation cell too: :mod:`~sb3_ppo_variants.studies.ablation`).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import random
 import time
 from collections.abc import Callable, Container, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import optuna
+import torch as th
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from sb3_ppo_variants.algorithm import NonFiniteLossError
+from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET
+from sb3_ppo_variants.hyperparams import make_env, make_model, split_hyperparams
 from sb3_ppo_variants.population import Population, PopulationEvalCallback
 from sb3_ppo_variants.studies.liveness import mark_worker, recover_stale_trials
-from sb3_ppo_variants.studies.runs import SeededRun
 
 __all__ = [
     "CAPPED_STATES",
-    "SHAPE_KEYS",
     "Cell",
     "CellResult",
     "Objective",
     "RunProtocol",
+    "SeededRun",
     "StopWhenQueueEmpty",
     "n_counted",
     "run_worker",
     "train_batch",
 ]
 
-#: Settings of an rl-zoo3 entry that fix the shapes of a run: the cells of one population share them.
-SHAPE_KEYS = (
-    "policy",
-    "n_envs",
-    "n_steps",
-    "batch_size",
-    "n_epochs",
-    "policy_kwargs",
-    "normalize",
-    "normalize_kwargs",
-    "env_kwargs",
-    "frame_stack",
-    "use_sde",
-)
 _DIGITS = 4  # returns are rounded to this many decimals in the storage
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One seeded run to train: an algorithm of :mod:`~sb3_ppo_variants.studies.registry` on an environment.
+    """One seeded run to train: an algorithm of :mod:`~sb3_ppo_variants.studies.registry` on an environment. In an
+    ablation it is a cell of the grid, stored in its trial as a JSON recipe (:meth:`recipe`) that any worker can run.
 
     :param hyperparams: the rl-zoo3 entry (constructor arguments mixed with ``n_envs``, ``policy``, ...)
     :param model_kwargs: constructor arguments that win over the entry
+    :param variant: the ablation arm's name (the key of the results); ``algorithm`` is the registry name it builds
+    :param hyperparams_source: where the entry was read from, for the report
+    :param dropped: keys of a shared entry that ``algorithm`` does not take (left out of ``hyperparams``)
     """
 
     algorithm: str
@@ -92,6 +86,21 @@ class Cell:
     seed: int
     hyperparams: Mapping[str, Any] = field(default_factory=dict)
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    variant: str = ""
+    hyperparams_source: str = ""
+    dropped: Sequence[str] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}|{self.env_id}|{self.seed}"
+
+    def recipe(self) -> dict[str, Any]:
+        """The cell as a trial stores it (JSON, with its ``key``)."""
+        return json.loads(json.dumps({**asdict(self), "key": self.key}))
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any]) -> Cell:
+        return cls(**{item.name: recipe[item.name] for item in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,102 @@ class CellResult:
         return attrs
 
 
+# ----------------------------------------------------------------------------------------------- a solo run
+
+
+def _get_rng() -> tuple[Any, Any, Any]:
+    return th.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _set_rng(state: tuple[Any, Any, Any]) -> None:
+    th.set_rng_state(state[0])
+    np.random.set_state(state[1])
+    random.setstate(state[2])
+
+
+class SeededRun:
+    """One cell's training run with its own random streams and a separate evaluation env (seeded with
+    ``seed + EVAL_SEED_OFFSET``), advanced in segments and evaluated in between (``protocol.n_eval_episodes``
+    deterministic episodes). Advanced in segments it is identical to one ``learn()`` call: its schedules see the
+    progress of the whole budget (``protocol.timesteps``), not of the segment (SB3's ``learn(reset_num_timesteps=False)``
+    alone would restart every schedule at each segment), and it keeps its own random streams (SB3 draws from the global
+    torch/numpy/random generators, so runs interleaved in one process would otherwise feed on each other's streams).
+    """
+
+    def __init__(self, cell: Cell, protocol: RunProtocol) -> None:
+        self.total_timesteps = protocol.timesteps
+        self.n_eval_episodes = protocol.n_eval_episodes
+        self.episode_returns: list[float] = []
+        self.episode_timesteps: list[int] = []
+        outer = _get_rng()
+        hyperparams = dict(cell.hyperparams)
+        self.model: BaseAlgorithm = make_model(cell.algorithm, cell.env_id, hyperparams, seed=cell.seed, **cell.model_kwargs)
+        self._rng = _get_rng()
+        _set_rng(outer)
+        _, settings = split_hyperparams(hyperparams)
+        self.eval_env: VecEnv = make_env(cell.env_id, settings, seed=cell.seed + EVAL_SEED_OFFSET, n_envs=1)
+        if isinstance(self.eval_env, VecNormalize):
+            self.eval_env.training = False
+            self.eval_env.norm_reward = False
+        self._started = False
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.model.num_timesteps)
+
+    def advance(self, until: int, **learn_kwargs: Any) -> None:
+        """Train on until ``until`` timesteps (rounded up to whole rollouts) of the ``total_timesteps`` budget."""
+        if until <= self.num_timesteps:
+            return
+        model = self.model
+        budget = self.total_timesteps
+        original = model._update_current_progress_remaining
+
+        def whole_budget_progress(num_timesteps: int, total_timesteps: int) -> None:
+            original(num_timesteps, budget)
+
+        outer = _get_rng()
+        _set_rng(self._rng)
+        model._update_current_progress_remaining = whole_budget_progress  # type: ignore[method-assign]
+        try:
+            model.learn(until - self.num_timesteps, reset_num_timesteps=not self._started, **learn_kwargs)
+        finally:
+            del model._update_current_progress_remaining  # back to the class's method (and picklable)
+            self._rng = _get_rng()
+            _set_rng(outer)
+        self._started = True
+        self._collect_episodes()
+
+    def _collect_episodes(self) -> None:
+        # Monitor keeps the return of every finished training episode, per env; take what is new in each.
+        per_env = self.model.get_env().env_method("get_episode_rewards")  # type: ignore[union-attr]
+        if not hasattr(self, "_seen"):
+            self._seen = [0] * len(per_env)
+        for index, returns in enumerate(per_env):
+            new = [float(r) for r in returns[self._seen[index] :]]  # type: ignore[arg-type]
+            self._seen[index] = len(returns)
+            self.episode_returns.extend(new)
+            self.episode_timesteps.extend([self.num_timesteps] * len(new))
+
+    def evaluate(self) -> float:
+        """Mean return of ``n_eval_episodes`` deterministic episodes on the evaluation env."""
+        train_env = self.model.get_env()
+        if isinstance(self.eval_env, VecNormalize) and isinstance(train_env, VecNormalize):
+            self.eval_env.obs_rms = train_env.obs_rms.copy()
+        outer = _get_rng()
+        try:
+            mean, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.n_eval_episodes, deterministic=True)
+        finally:
+            _set_rng(outer)
+        return float(mean)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.eval_env.close()
+        env = self.model.get_env()
+        if env is not None:
+            env.close()
+
+
 # ----------------------------------------------------------------------------------------------- a batch
 
 
@@ -149,18 +254,14 @@ OnEvaluation = Callable[[int, np.ndarray], "bool | None"]
 def train_batch(
     cells: Sequence[Cell], protocol: RunProtocol, on_evaluation: OnEvaluation | None = None, isolate: bool = False
 ) -> list[CellResult]:
-    """Train ``cells`` under ``protocol`` and evaluate each at every evaluation point: as one
-    :class:`~sb3_ppo_variants.Population` when the population accepts them (it is constructed: its own checks
-    decide), else solo, each result's ``mode`` saying which and why.
+    """Train ``cells`` under ``protocol`` (as a population or solo: see the module docstring), one result per cell.
 
-    The cells advance in lockstep from one evaluation point to the next, so that ``on_evaluation`` sees every
-    cell's score at each point (tuning reports their mean to its pruner); it may stop the batch (return False:
-    the results so far are returned) or raise (e.g. ``optuna.TrialPruned``).
-
+    :param on_evaluation: sees every cell's score at each evaluation point (the cells advance in lockstep; tuning
+        reports their mean to its pruner); it may stop the batch (return False: the results so far are returned) or
+        raise (e.g. ``optuna.TrialPruned``)
     :param isolate: a cell whose training or evaluation raises fails alone: its result carries the reason
         (``failure``) and the other cells go on (an ablation). Without it the error propagates (a tuning trial fails
         as a whole). A population that raises is trained again cell by cell, solo, so that only the failing cell fails.
-    :return: one :class:`CellResult` per cell, in order
     """
     members = [{"variant": c.algorithm, "seed": c.seed, **c.hyperparams, **c.model_kwargs} for c in cells]
     envs = sorted({cell.env_id for cell in cells})
@@ -234,15 +335,7 @@ def _train_solo(
             clock = time.perf_counter()
             runs.append(None)
             try:
-                runs[index] = SeededRun(
-                    cell.algorithm,
-                    cell.env_id,
-                    cell.seed,
-                    protocol.timesteps,
-                    hyperparams=dict(cell.hyperparams),
-                    n_eval_episodes=protocol.n_eval_episodes,
-                    model_kwargs=dict(cell.model_kwargs),
-                )
+                runs[index] = SeededRun(cell, protocol)
             except Exception as error:
                 failed(index, error)
             result.wall_time_s += time.perf_counter() - clock
@@ -296,15 +389,9 @@ class StopWhenQueueEmpty:
 
 
 class Objective:
-    """The objective every worker optimises: bookkeeping around a tool's work function.
-
-    Before the work: the user attributes a retried trial inherited from the failed one (``run_attrs``) are
-    cleared and the worker is recorded (:func:`~sb3_ppo_variants.studies.liveness.mark_worker`). Around it: an
-    error is recorded (``fail_kind = "error"``, ``fail_reason``) and re-raised for ``optimize``'s ``catch``; an
-    interrupt is recorded (``fail_kind = "interrupted"``) and propagates.
-
-    :param work: ``trial -> value``
-    :param run_attrs: user attributes the work writes (cleared first on a retry)
+    """The objective every worker optimises: a tool's ``work`` (``trial -> value``), after clearing what a retried
+    trial inherited (``run_attrs``: the user attributes the work writes) and recording the worker
+    (:func:`~sb3_ppo_variants.studies.liveness.mark_worker`); an interrupt is recorded as ``fail_kind = "interrupted"``.
     """
 
     RUN_ATTRS = ("fail_reason", "fail_kind")
@@ -345,12 +432,10 @@ def run_worker(
 ) -> int:
     """Run trials of ``study`` in this process: up to ``n_trials``, until the cap, or until no trial is waiting.
 
-    Dead workers' trials are failed and enqueued again first (:func:`~sb3_ppo_variants.studies.liveness.recover_stale_trials`;
-    on database storages ``optimize`` does it again before every trial). The cap is Optuna's ``MaxTrialsCallback``
-    over :data:`CAPPED_STATES`, and this worker starts no more trials than the slots left: like Optuna's, it is
-    checked between trials, so workers that start a trial at the same moment may each finish theirs.
+    Dead workers' trials are failed and enqueued again first (on database storages ``optimize`` does it again
+    before every trial). This worker starts no more trials than the cap leaves; like Optuna's ``MaxTrialsCallback``,
+    the cap is checked between trials, so workers that start a trial at the same moment may each finish theirs.
 
-    :param objective: the tool's work wrapped in :class:`Objective`
     :param max_total_trials: the cap over the whole study, all workers together (None: no cap)
     :param until_queue_empty: stop when no trial is WAITING (and do not start when none is)
     :param callbacks: more ``optimize`` callbacks (e.g. a progress bar)

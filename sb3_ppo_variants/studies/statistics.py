@@ -20,12 +20,8 @@ replications here, too slow for a calibration of hundreds of comparisons.
 1. the 95% bootstrap interval of P(X > Y) lies above 0.5, and
 2. an exact two-sided permutation test of "no difference" gives p < :data:`ALPHA` (0.05);
 
-``worse`` when the interval lies below 0.5 and p < 0.05; ``no clear difference`` otherwise. The bootstrap alone
-is not enough with few runs: its percentile interval under-covers (with 3 runs per arm that all beat the other 3 it
-collapses to [1, 1]), while an exact test keeps its level at every sample size -- at 3 vs 3 its smallest two-sided
-p-value is 2/20 = 0.1, so 3 seeds can never give a verdict; at 5 vs 5 it is 2/252. Because a verdict needs
-p < 0.05, identical arms get one in at most 5% of studies, whatever the seed count (the calibration tests check
-it, and a planted effect of 1.5 standard deviations at 10 seeds is found in most of them).
+``worse`` when the interval lies below 0.5 and p < 0.05; ``no clear difference`` otherwise. Why both, and what it
+means for the number of seeds (3 per arm can never give a verdict): the documentation's page on ablation studies.
 
 The test permutes whole runs (rows of the runs x tasks matrix) between the two arms; its statistic is P(X > Y)
 itself, i.e. the sum over X's runs of their midranks (averaged over tasks) in the pooled sample. With one task it is
@@ -55,6 +51,7 @@ __all__ = [
     "AGGREGATE",
     "ALPHA",
     "METRICS",
+    "METRIC_NAMES",
     "VERDICTS",
     "AblationStatistics",
     "curve_intervals",
@@ -72,6 +69,8 @@ METRICS: dict[str, Callable[[np.ndarray], float]] = {
     "median": metrics.aggregate_median,
     "iqm": metrics.aggregate_iqm,
 }
+#: The metrics' names in tables and figures.
+METRIC_NAMES = {"mean": "Mean", "median": "Median", "iqm": "IQM"}
 #: The ``env_id`` of rows aggregated over environments.
 AGGREGATE = "aggregate"
 #: Level of the exact test behind a verdict (see the module docstring).
@@ -107,15 +106,7 @@ def interval_estimates(score_dict: dict[str, np.ndarray], reps: int = 2000, seed
     for variant in score_dict:
         for index, metric in enumerate(METRICS):
             low, high = intervals[variant][:, index]
-            rows.append(
-                {
-                    "variant": variant,
-                    "metric": metric,
-                    "point": float(points[variant][index]),
-                    "low": float(low),
-                    "high": float(high),
-                }
-            )
+            rows.append([variant, metric, float(points[variant][index]), float(low), float(high)])
     return pd.DataFrame(rows, columns=["variant", "metric", "point", "low", "high"])
 
 
@@ -242,17 +233,8 @@ def curve_intervals(curves: pd.DataFrame, reps: int = 2000, seed: int = 0) -> pd
         with _global_numpy_seed(seed):
             points, intervals = rly.get_interval_estimates({"curve": scores}, iqm_per_point, reps=reps)
         for index, nominal in enumerate(table.columns):
-            rows.append(
-                {
-                    "env_id": env_id,
-                    "variant": variant,
-                    "nominal": int(nominal),
-                    "runs": len(table),
-                    "iqm": float(points["curve"][index]),
-                    "low": float(intervals["curve"][0, index]),
-                    "high": float(intervals["curve"][1, index]),
-                }
-            )
+            low, high = intervals["curve"][:, index]
+            rows.append([env_id, variant, int(nominal), len(table), float(points["curve"][index]), float(low), float(high)])
     return pd.DataFrame(rows, columns=["env_id", "variant", "nominal", "runs", "iqm", "low", "high"])
 
 
@@ -283,11 +265,7 @@ def _normalized(runs: pd.DataFrame, references: dict[str, ReferenceScore]) -> pd
 
 
 def summarize(
-    runs: pd.DataFrame,
-    references: dict[str, ReferenceScore],
-    baseline: str | None = None,
-    reps: int = 2000,
-    seed: int = 0,
+    runs: pd.DataFrame, references: dict[str, ReferenceScore], baseline: str | None = None, reps: int = 2000, seed: int = 0
 ) -> AblationStatistics:
     """Per-env and aggregate interval estimates and probabilities of improvement of the final scores.
 

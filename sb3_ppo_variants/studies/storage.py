@@ -21,9 +21,7 @@ from __future__ import annotations
 import json
 import random
 import time
-import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +29,10 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
-from sb3_ppo_variants.studies.liveness import MAX_RETRY, hold_worker_lock
+from sb3_ppo_variants.studies.liveness import MAX_RETRY, experimental_allowed, hold_worker_lock
 
 __all__ = [
     "DEFAULT_STORAGE_NAME",
-    "MAX_RETRY",
     "StorageError",
     "StudyMismatchError",
     "open_storage",
@@ -45,15 +42,6 @@ __all__ = [
 ]
 
 DEFAULT_STORAGE_NAME = "study.log"
-
-
-@contextmanager
-def _experimental_allowed() -> Iterator[None]:
-    # Heartbeats (RDBStorage's arguments, RetryHeartbeatStaleTrialCallback) are experimental in Optuna: the warning
-    # says nothing our users can act on. Silenced here only, not process-wide.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
 
 
 class StorageError(ValueError):
@@ -76,11 +64,7 @@ def storage_label(storage: str | None, out_dir: str | Path) -> str:
 
 
 def open_storage(
-    storage: str | None,
-    out_dir: str | Path = ".",
-    heartbeat_interval: int = 60,
-    max_retry: int = MAX_RETRY,
-    attempts: int = 8,
+    storage: str | None, out_dir: str | Path = ".", heartbeat_interval: int = 60, max_retry: int = MAX_RETRY, attempts: int = 8
 ) -> BaseStorage:
     """Open (creating if needed) the storage of a study.
 
@@ -113,7 +97,7 @@ def open_storage(
     last_error: Exception | None = None
     for attempt in range(attempts):
         try:
-            with _experimental_allowed():
+            with experimental_allowed():
                 return RDBStorage(
                     storage,
                     engine_kwargs=engine_kwargs,
@@ -143,10 +127,6 @@ class StudyMismatchError(ValueError):
     """The study in the storage was created with another protocol (or another recipe for a finished cell)."""
 
 
-def _as_json(value: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(value)))
-
-
 def protocol_of(study: optuna.Study) -> dict[str, Any]:
     """The protocol stored with ``study`` (see :func:`open_study`)."""
     return dict(study.user_attrs["protocol"])
@@ -169,7 +149,7 @@ def open_study(
     study = optuna.create_study(
         storage=storage, study_name=study_name, direction="maximize", load_if_exists=True, sampler=sampler, pruner=pruner
     )
-    wanted = _as_json(protocol)
+    wanted = json.loads(json.dumps(dict(protocol)))
     stored = study.user_attrs.get("protocol")
     if stored is None:
         try:

@@ -1,24 +1,19 @@
 """``sb3pv-ablate`` / ``python tuning/ablate.py``: variants x environments x seeds, statistics, plots and a report.
 
-Example (about 5 minutes on 2 cores)::
-
-    python tuning/ablate.py --envs CartPole-v1 --variants clip kl adaptive_kl clip_kl --seeds 3 \\
-        --timesteps 30000 --out runs/ablation-cartpole
-
-Every batch of runs (cells of one env, up to ``--members-per-process``) is one trial of an Optuna study in
-``--storage`` (default: the journal file ``OUT/study.log``), so an interrupted command resumes where it stopped,
-and the same command on several machines with ``--storage postgresql://...`` shares the grid, each run recorded
-once. See :mod:`sb3_ppo_variants.studies.ablation`.
+Thin: validate every argument before any run (:func:`prepare`), run the grid kept in the study
+(:mod:`~sb3_ppo_variants.studies.ablation`: rerun to resume, share ``--storage`` between machines), then report
+(:mod:`~sb3_ppo_variants.studies.report`).
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,16 +25,10 @@ import yaml
 
 from sb3_ppo_variants.hyperparams import make_model
 from sb3_ppo_variants.studies import ablation
-from sb3_ppo_variants.studies.arms import (
-    DEFAULT_ENT_COEF,
-    DEFAULT_ENT_SCHEDULE,
-    VariantSpec,
-    factorial_names,
-    label_names,
-    parse_variant,
-)
-from sb3_ppo_variants.studies.outputs import write_ablation_outputs
-from sb3_ppo_variants.studies.reference import ReferenceScore, load_reference_scores
+from sb3_ppo_variants.studies.ablation import Plan
+from sb3_ppo_variants.studies.arms import DEFAULT_ENT_COEF, DEFAULT_ENT_SCHEDULE, factorial_names, label_names, parse_variant
+from sb3_ppo_variants.studies.reference import load_reference_scores
+from sb3_ppo_variants.studies.runner import Cell
 from sb3_ppo_variants.studies.storage import StorageError, StudyMismatchError, open_storage, storage_label
 
 __all__ = ["build_parser", "main"]
@@ -127,22 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclass
-class Plan:
-    """A validated command: everything is known to be runnable before the first run starts."""
-
-    specs: list[VariantSpec]
-    envs: list[str]
-    seeds: list[int]
-    protocol: ablation.Protocol
-    tasks: list[ablation.CellTask]
-    references: dict[str, ReferenceScore]
-    out: Path
-    storage_arg: str | None
-    storage_label: str
-    study: optuna.Study
-
-
 def _positive(name: str, value: int) -> None:
     if value < 1:
         raise ValueError(f"--{name} must be >= 1, got {value}")
@@ -185,24 +158,24 @@ def _load_hyperparams(path: str | None, envs: list[str]) -> tuple[dict[str, Any]
     return data, path
 
 
-def _check_builds(tasks: list[ablation.CellTask]) -> None:
+def _check_builds(cells: list[Cell]) -> None:
     """Build each (variant, env) model once, so that a bad hyperparameter fails now rather than in a worker."""
     seen = set()
-    for task in tasks:
-        if (task.variant, task.env_id) in seen:
+    for cell in cells:
+        if (cell.variant, cell.env_id) in seen:
             continue
-        seen.add((task.variant, task.env_id))
+        seen.add((cell.variant, cell.env_id))
         try:
-            model = make_model(task.algorithm, task.env_id, task.hyperparams, seed=0, **task.model_kwargs)
+            model = make_model(cell.algorithm, cell.env_id, dict(cell.hyperparams), seed=0, **cell.model_kwargs)
         except Exception as error:
             raise ValueError(
-                f"--variants {task.variant} on {task.env_id} with hyperparameters from {task.hyperparams_source} "
+                f"--variants {cell.variant} on {cell.env_id} with hyperparameters from {cell.hyperparams_source} "
                 f"cannot be built: {type(error).__name__}: {error}"
             ) from None
         model.get_env().close()  # type: ignore[union-attr]
 
 
-def prepare(args: argparse.Namespace) -> Plan:
+def prepare(args: argparse.Namespace, argv: Sequence[str] = ()) -> Plan:
     """Validate every argument and open the study; raises ValueError (naming the argument) before any run."""
     positive = ["seeds", "timesteps", "eval_freq", "n_eval_episodes", "workers", "members_per_process", "torch_threads"]
     positive.append("heartbeat_interval")
@@ -229,12 +202,26 @@ def prepare(args: argparse.Namespace) -> Plan:
     out = Path(args.out)
     _check_out(out)
     seeds = list(range(args.seeds))
-    tasks = ablation.plan_cells(specs, envs, seeds, source, label)
+    cells = ablation.plan_cells(specs, envs, seeds, source, label)
     if not args.report_only:
-        _check_builds(tasks)
+        _check_builds(cells)
     storage = open_storage(args.storage, out, heartbeat_interval=args.heartbeat_interval)
     study = ablation.open_ablation_study(storage, args.study_name, protocol)
-    return Plan(specs, envs, seeds, protocol, tasks, references, out, args.storage, storage_label(args.storage, out), study)
+    return Plan(
+        specs,
+        envs,
+        seeds,
+        cells,
+        references,
+        out,
+        args.storage,
+        storage_label(args.storage, out),
+        study,
+        command="python tuning/ablate.py " + shlex.join(argv),
+        baseline=args.baseline,
+        bootstrap_reps=args.bootstrap_reps,
+        failed_as_random=args.failed_as_random,
+    )
 
 
 def _worker_entry(storage_arg: str | None, out: str, study_name: str, torch_threads: int, heartbeat: int) -> None:
@@ -245,36 +232,32 @@ def _worker_entry(storage_arg: str | None, out: str, study_name: str, torch_thre
     ablation.run_ablation_worker(study)
 
 
-def _progress(total: int, initial: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="run", desc="ablation runs", dynamic_ncols=True)
+def _complete(study: optuna.Study, keys: list[str]) -> int:
+    return sum(state == "complete" for state in ablation.grid_status(study, keys).values())
 
 
-def _run_queue(plan: Plan, workers: int, threads: int, heartbeat: int, bar: Any, keys: list[str]) -> None:
+def _run_queue(plan: Plan, workers: int, threads: int, heartbeat: int, bar: Any) -> None:
     """Run the queued batches here, with ``workers`` processes, until none is waiting."""
     if workers == 1:
 
         def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            complete = sum(state == "complete" for state in ablation.grid_status(study, keys).values())
-            bar.update(complete - bar.n)
+            bar.update(_complete(study, plan.keys) - bar.n)
             if trial.state == optuna.trial.TrialState.FAIL:
                 bar.write(f"failed: trial {trial.number}: {trial.user_attrs.get('fail_reason')}")
             for key, reason in (trial.user_attrs.get("failures") or {}).items():
-                bar.write(f"failed: {key}: {(reason.strip().splitlines() or [''])[-1][:200]}")
+                bar.write(f"failed: {key}: {ablation.last_line(reason)[:200]}")
 
         ablation.run_ablation_worker(plan.study, on_trial=progress)
         return
     context = multiprocessing.get_context("spawn")
-    arguments = (plan.storage_arg, str(plan.out), plan.study.study_name, threads, heartbeat)
+    arguments = (plan.storage, str(plan.out), plan.study.study_name, threads, heartbeat)
     processes = [context.Process(target=_worker_entry, args=arguments) for _ in range(workers)]
     for process in processes:
         process.start()
     try:
         while any(process.is_alive() for process in processes):
             time.sleep(2.0)
-            complete = sum(state == "complete" for state in ablation.grid_status(plan.study, keys).values())
-            bar.update(complete - bar.n)
+            bar.update(_complete(plan.study, plan.keys) - bar.n)
     finally:
         for process in processes:
             process.join()
@@ -292,22 +275,23 @@ def run(
 ) -> None:
     """Enqueue the missing cells and run them here with ``workers`` processes, with a progress bar over runs; then
     enqueue and run once more the cells that failed (a failed cell runs at most ``ablation.MAX_ATTEMPTS`` times)."""
-    keys = [task.key for task in plan.tasks]
-    enqueued = ablation.enqueue_missing(plan.study, plan.tasks, members_per_process, min_batches=workers)
-    done = sum(state == "complete" for state in ablation.grid_status(plan.study, keys).values())
+    from tqdm.auto import tqdm
+
+    enqueued = ablation.enqueue_missing(plan.study, plan.cells, members_per_process, min_batches=workers)
+    done = _complete(plan.study, plan.keys)
     print(
-        f"{len(keys)} runs in the grid: {done} already complete, {len(keys) - done} to run "
+        f"{len(plan.cells)} runs in the grid: {done} already complete, {len(plan.cells) - done} to run "
         f"({len(enqueued)} newly queued; storage {plan.storage_label})"
     )
-    bar = _progress(len(keys), done)
+    bar = tqdm(total=len(plan.cells), initial=done, unit="run", desc="ablation runs", dynamic_ncols=True)
     try:
         for attempt in range(ablation.MAX_ATTEMPTS):
-            _run_queue(plan, workers, threads, heartbeat, bar, keys)
+            _run_queue(plan, workers, threads, heartbeat, bar)
             if attempt + 1 < ablation.MAX_ATTEMPTS:
-                retried = ablation.enqueue_missing(plan.study, plan.tasks, members_per_process, min_batches=workers)
+                retried = ablation.enqueue_missing(plan.study, plan.cells, members_per_process, min_batches=workers)
                 if not retried:
                     break
-                bar.write(f"retrying {len(retried)} failed run(s) once: {', '.join(t.key for t in retried[:8])}")
+                bar.write(f"retrying {len(retried)} failed run(s) once: {', '.join(c.key for c in retried[:8])}")
     finally:
         bar.close()
 
@@ -319,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        plan = prepare(args)
+        plan = prepare(args, argv)
     except (ValueError, KeyError, StorageError, StudyMismatchError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"sb3pv-ablate: error: {message}", file=sys.stderr)
@@ -331,36 +315,23 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\ninterrupted: rerun the same command to run the missing cells", file=sys.stderr)
             return 130
-    path, results = write_ablation_outputs(
-        plan.study,
-        plan.specs,
-        plan.envs,
-        plan.seeds,
-        [task.key for task in plan.tasks],
-        plan.references,
-        plan.out,
-        plan.storage_label,
-        argv,
-        args.baseline,
-        args.bootstrap_reps,
-        args.failed_as_random,
-    )
-    status = ablation.grid_status(plan.study, [task.key for task in plan.tasks])
-    incomplete = sorted(key for key, state in status.items() if state != "complete")
+    from sb3_ppo_variants.studies.report import write_outputs  # rliable, matplotlib: only when reporting
+
+    path, results = write_outputs(plan)
     print(f"report: {path}")
-    elsewhere = [key for key in incomplete if status[key] == "running"]
+    elsewhere = [key for key, state in results.status.items() if state == "running"]
     if elsewhere:
         print(
             f"{len(elsewhere)} runs are still running in other workers; when they finish, "
             "rerun the command (with --report-only to only report)"
         )
-    incomplete = [key for key in incomplete if status[key] != "running"]
+    incomplete = sorted(key for key, state in results.status.items() if state not in ("complete", "running"))
     if incomplete:
         print(
-            f"{len(incomplete)} of {len(status)} runs are not complete: {', '.join(incomplete[:8])}"
+            f"{len(incomplete)} of {len(results.status)} runs are not complete: {', '.join(incomplete[:8])}"
             + (" ..." if len(incomplete) > 8 else "")
         )
         for key, reasons in sorted(results.failed.items()):
-            print(f"  {key}: {(reasons[-1].strip().splitlines() or [''])[-1][:200]}")
+            print(f"  {key}: {ablation.last_line(reasons[-1])[:200]}")
         return 1
     return 0

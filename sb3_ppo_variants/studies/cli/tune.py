@@ -17,7 +17,6 @@ from typing import Any
 import gymnasium as gym
 
 from sb3_ppo_variants import VARIANTS
-from sb3_ppo_variants.studies.outputs import write_tuning_outputs
 from sb3_ppo_variants.studies.runner import n_counted, run_worker
 from sb3_ppo_variants.studies.search_spaces import check_combination
 from sb3_ppo_variants.studies.storage import StorageError, StudyMismatchError, open_storage, storage_label
@@ -29,6 +28,7 @@ from sb3_ppo_variants.studies.tuning import (
     make_pruner,
     open_tuning_study,
     tuning_objective,
+    write_tuning_outputs,
 )
 
 __all__ = ["build_parser", "main"]
