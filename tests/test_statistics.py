@@ -50,9 +50,10 @@ def test_dominating_scores_give_probability_one_and_zero() -> None:
     high = low + 1000.0  # every run of every task above every run of the other
     better = probability_of_improvement({"high": high, "low": low}, baseline="low", reps=REPS).iloc[0]
     worse = probability_of_improvement({"high": high, "low": low}, baseline="high", reps=REPS).iloc[0]
-    assert better["probability"] == pytest.approx(1.0)
-    assert worse["probability"] == pytest.approx(0.0)
-    assert better["low"] == pytest.approx(1.0) and worse["high"] == pytest.approx(0.0)
+    # every comparison counts 1 (or 0): means of ones and zeros are exact
+    assert better["probability"] == 1.0
+    assert worse["probability"] == 0.0
+    assert better["low"] == 1.0 and worse["high"] == 0.0
 
 
 def test_probability_of_improvement_is_averaged_over_tasks() -> None:
@@ -75,14 +76,15 @@ def test_a_shifted_matrix_shifts_every_estimate_and_interval_by_the_shift() -> N
     for metric in ("mean", "median", "iqm"):
         base, shifted = _point(frame, "base", metric), _point(frame, "shifted", metric)
         for column in ("point", "low", "high"):
+            # mean(x + shift) vs mean(x) + shift: the same value, rounded in another order (float64, ~1e-16 relative)
             assert shifted[column] == pytest.approx(base[column] + shift), (metric, column)
 
 
 def test_iqm_is_the_mean_of_the_middle_half_and_intervals_contain_the_points() -> None:
     scores = np.arange(1.0, 9.0)[:, None]  # 8 runs, 1 task: the middle half is 3, 4, 5, 6
     frame = interval_estimates({"v": scores}, reps=REPS)
-    assert _point(frame, "v", "iqm")["point"] == pytest.approx(4.5)
-    assert _point(frame, "v", "mean")["point"] == pytest.approx(4.5)
+    assert _point(frame, "v", "iqm")["point"] == 4.5  # small integers and halves: exact in float64
+    assert _point(frame, "v", "mean")["point"] == 4.5
     skewed = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 100.0])[:, None]
     frame = pd.concat([frame, interval_estimates({"skewed": skewed}, reps=REPS)])
     assert _point(frame, "skewed", "iqm")["point"] == pytest.approx(0.75)  # mean of 0, 1, 1, 1: the outlier is cut
@@ -100,7 +102,7 @@ def test_intervals_are_reproducible_and_leave_the_global_generator_alone() -> No
     second = interval_estimates(scores, reps=REPS, seed=5)
     other_seed = interval_estimates(scores, reps=REPS, seed=6)
     pd.testing.assert_frame_equal(first, second)
-    assert not np.allclose(first["low"], other_seed["low"])
+    assert not np.allclose(first["low"], other_seed["low"])  # another bootstrap seed, other resamples: the check can fail
 
 
 def test_probability_of_improvement_is_rliables_and_its_interval_matches_rliables_bootstrap() -> None:
@@ -219,8 +221,9 @@ def test_summarize_normalises_the_aggregate_and_picks_the_baseline() -> None:
     assert stats.aggregate_envs == ["CartPole-v1"]
     assert any("NoReference-v0" in note for note in stats.notes)
     aggregate = stats.intervals[stats.intervals["env_id"] == AGGREGATE]
-    assert _point(aggregate, "clip", "iqm")["point"] == pytest.approx(0.0)
-    assert _point(aggregate, "kl", "iqm")["point"] == pytest.approx(1.0)
+    # (random - random) / (reference - random) and (reference - random) / (reference - random): exactly 0 and 1
+    assert _point(aggregate, "clip", "iqm")["point"] == 0.0
+    assert _point(aggregate, "kl", "iqm")["point"] == 1.0
     per_env = stats.intervals[stats.intervals["env_id"] == "NoReference-v0"]
     assert _point(per_env, "kl", "mean")["point"] == pytest.approx(2.0)  # raw returns per env
     improvement = stats.improvement.set_index("env_id")
@@ -241,7 +244,7 @@ def test_curve_intervals_of_identical_seeds_collapse_on_the_curve() -> None:
     frame = curve_intervals(pd.DataFrame(rows), reps=REPS)
     same = frame[frame["variant"] == "v"]
     assert same["iqm"].tolist() == [10.0, 20.0, 50.0]
-    assert np.allclose(same["low"], same["iqm"]) and np.allclose(same["high"], same["iqm"])
+    assert np.array_equal(same["low"], same["iqm"]) and np.array_equal(same["high"], same["iqm"])  # resamples of equals
     spread = frame[frame["variant"] == "w"]
     assert np.allclose(spread["iqm"], [11.0, 21.0, 51.0])  # 3 runs: nothing trimmed, the mean
     assert (spread["low"] < spread["iqm"]).all() and (spread["iqm"] < spread["high"]).all()
@@ -253,13 +256,13 @@ def test_reference_scores_normalise_random_to_zero_and_reference_to_one(tmp_path
     assert {"CartPole-v1", "Acrobot-v1", "Pendulum-v1", "LunarLander-v3"} <= set(references)
     for env_id, ref in references.items():
         assert ref.ppo_reference_mean > ref.random_mean, env_id
-        assert normalize(ref.random_mean, env_id, references) == pytest.approx(0.0)
-        assert normalize(ref.ppo_reference_mean, env_id, references) == pytest.approx(1.0)
+        assert normalize(ref.random_mean, env_id, references) == 0.0  # x - x is 0 and y / y is 1, exactly
+        assert normalize(ref.ppo_reference_mean, env_id, references) == 1.0
     with pytest.raises(KeyError, match="no reference score for env 'Nope-v0'"):
         normalize(1.0, "Nope-v0", references)
     own = tmp_path / "refs.csv"
     own.write_text("env_id,random_mean,ppo_reference_mean\nX-v0,-10,10\n")
-    assert normalize(0.0, "X-v0", load_reference_scores(own)) == pytest.approx(0.5)
+    assert normalize(0.0, "X-v0", load_reference_scores(own)) == 0.5  # 10 / 20, exact
     bad = tmp_path / "bad.csv"
     bad.write_text("env_id,random_mean\nX-v0,1\n")
     with pytest.raises(ValueError, match="missing columns \\['ppo_reference_mean'\\]"):
