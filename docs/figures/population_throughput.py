@@ -3,8 +3,7 @@
 ``benchmarks/population.py`` prints its results as a Markdown table (pasted into docs/benchmarks.md, "Populations");
 this script reads the rows of such tables -- setting, K, the paired ratio's median, min and max, and the date written
 above each table -- from a Markdown file and plots the ratio against K per setting for the two latest dates (the
-latest solid). The
-figure is generated from the measurement, never drawn by hand:
+latest solid). The figure is generated from the measurement, never drawn by hand:
 
     python docs/figures/population_throughput.py                      # docs/benchmarks.md -> docs/figures/...png
     python benchmarks/population.py > results.md && python docs/figures/population_throughput.py results.md --out chart.png

@@ -112,6 +112,8 @@ class StackedActorCritic:
         # no member's entries fall in the scalar tail of a vectorised kernel (whose rounding may differ from the
         # vector body's, e.g. where the body fuses a multiply-add), so elementwise updates round alike for any K.
         self.row_size = -(-offset // _ROW_ALIGNMENT) * _ROW_ALIGNMENT
+        # the sizes that split a row into its parameters (and the padding): see _views
+        self._split_sizes = [size for _, size, _, _ in self.layout.values()] + [self.row_size - offset]
         self.n_members = len(policies)
         self.flat = th.stack([self.from_member_layout(member) for member in named]).to(device).requires_grad_(True)
         with th.no_grad():
@@ -125,8 +127,7 @@ class StackedActorCritic:
     def _views(self, flat: th.Tensor) -> dict[str, th.Tensor]:
         # One split rather than a slice per parameter: its backward writes the gradient row once (a concatenation),
         # where each slice's backward filled a (K, P) tensor of zeros and autograd summed them all (the same values).
-        sizes = [size for _, size, _, _ in self.layout.values()]
-        parts = flat.split([*sizes, self.row_size - sum(sizes)], dim=1)
+        parts = flat.split(self._split_sizes, dim=1)
         return {name: part.view(flat.shape[0], *stored) for (name, (_, _, stored, _)), part in zip(self.layout.items(), parts)}
 
     @property

@@ -302,7 +302,7 @@ def update(
     row_offsets = th.arange(n_members, device=device).unsqueeze(1) * size  # member k's rows start at k * N
     # (K * N, ...) views (copies at most once per update): a minibatch is then one index_select per tensor, where
     # indexing with two index tensors took 4x longer (7% of a K=64 Pendulum update)
-    rows = {name: getattr(data, name).reshape(n_members * size, *getattr(data, name).shape[2:]) for name in _GATHERED}
+    rows = {name: getattr(data, name).flatten(0, 1) for name in _GATHERED}
     healthy = th.ones(n_members, dtype=th.bool, device=device) if failed is None else ~failed
     active = healthy.clone()
     check = th.zeros(n_members, dtype=th.long, device=device)
@@ -320,9 +320,9 @@ def update(
     value_clipping = _Groups(coefficients.vf_clipped.tolist(), device)
     penalties = _Groups(coefficients.kl_term, device)
     kl_term = functools.partial(_kl_term, distribution=policy.distribution)
-    # C-contiguous: a gathered minibatch takes its index's layout, and a reduction over a strided layout rounds
-    # differently from one over rows (a member's advantage mean then depended on K)
-    orders_t = th.as_tensor(np.ascontiguousarray(orders), device=device)
+    # (a minibatch gathered by index_select is C-contiguous whatever the orders' layout: a reduction over a strided
+    # layout rounded differently from one over rows, and a member's advantage mean then depended on K)
+    orders_t = th.as_tensor(np.asarray(orders), device=device)
 
     for order in orders_t:
         if not bool(active.any()):  # one host read per epoch, as SB3 stops the epoch loop
