@@ -47,7 +47,6 @@ from sb3_ppo_variants.schedules import as_schedule
 from sb3_ppo_variants.studies import registry
 
 __all__ = [
-    "BASELINES",
     "DEFAULT_ENT_COEF",
     "DEFAULT_ENT_SCHEDULE",
     "ENTROPY_TOKENS",
@@ -61,7 +60,6 @@ __all__ = [
     "parse_variant",
 ]
 
-BASELINES = tuple(registry.BASELINES)
 SURROGATE_TOKENS = {"clip": "clipped", "noclip": "unclipped"}
 KL_TOKENS = {"kl": "fixed", "adaptive_kl": "adaptive"}
 ENTROPY_TOKENS = ("ent_const", "ent_sched")
@@ -117,7 +115,7 @@ class VariantSpec:
 
 def _grammar(labels: Collection[str] = ()) -> str:
     return (
-        f"a named variant {list(VARIANTS)}, a baseline {list(BASELINES)}, a factorial cell "
+        f"a named variant {list(VARIANTS)}, a baseline {list(registry.BASELINES)}, a factorial cell "
         f"'{'|'.join(SURROGATE_TOKENS)}[+{'|'.join(KL_TOKENS)}][+{'|'.join(ENTROPY_TOKENS)}]' "
         "(e.g. 'clip+adaptive_kl+ent_sched'; a named variant takes an entropy token too, 'clip_kl+ent_sched'), "
         f"or a label of the hyperparameters file ({sorted(labels) or 'none defined'})"
@@ -149,7 +147,7 @@ def parse_variant(
     as_schedule(ent_schedule, "--ent-schedule")
     if name in labels:
         return VariantSpec(name=name, algorithm="", hyperparams_keys=(name,))
-    if name in BASELINES or (name in VARIANTS and name not in _NAMED_CELLS):
+    if name in registry.BASELINES or (name in VARIANTS and name not in _NAMED_CELLS):
         return VariantSpec(name=name, algorithm=name)
     tokens = name.split("+")
     entropy = tokens.pop() if tokens[-1] in ENTROPY_TOKENS else None

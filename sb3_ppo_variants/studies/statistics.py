@@ -52,7 +52,6 @@ __all__ = [
     "ALPHA",
     "METRICS",
     "METRIC_NAMES",
-    "VERDICTS",
     "AblationStatistics",
     "curve_intervals",
     "interval_estimates",
@@ -75,8 +74,6 @@ METRIC_NAMES = {"mean": "Mean", "median": "Median", "iqm": "IQM"}
 AGGREGATE = "aggregate"
 #: Level of the exact test behind a verdict (see the module docstring).
 ALPHA = 0.05
-#: The verdicts, in the report's words.
-VERDICTS = ("better", "worse", "no clear difference")
 
 
 @contextmanager
