@@ -36,8 +36,7 @@ nominal level at small sample sizes, and recommend ranked tests there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,12 +75,12 @@ AGGREGATE = "aggregate"
 ALPHA = 0.05
 
 
-@contextmanager
-def _global_numpy_seed(seed: int) -> Iterator[None]:
+def _seeded_intervals(score_dict: dict[str, np.ndarray], aggregate: Callable, reps: int, seed: int) -> tuple[dict, dict]:
+    """rliable's interval estimates with NumPy's global generator seeded, and restored after (see the module docstring)."""
     state = np.random.get_state()
     np.random.seed(seed)
     try:
-        yield
+        return rly.get_interval_estimates(score_dict, aggregate, reps=reps)
     finally:
         np.random.set_state(state)
 
@@ -97,8 +96,7 @@ def interval_estimates(score_dict: dict[str, np.ndarray], reps: int = 2000, seed
     :param reps: bootstrap replications
     :return: rows (variant, metric, point, low, high)
     """
-    with _global_numpy_seed(seed):
-        points, intervals = rly.get_interval_estimates(score_dict, _all_metrics, reps=reps)
+    points, intervals = _seeded_intervals(score_dict, _all_metrics, reps, seed)
     rows = []
     for variant in score_dict:
         for index, metric in enumerate(METRICS):
@@ -227,8 +225,7 @@ def curve_intervals(curves: pd.DataFrame, reps: int = 2000, seed: int = 0) -> pd
         def iqm_per_point(x: np.ndarray) -> np.ndarray:
             return np.array([metrics.aggregate_iqm(x[..., j]) for j in range(x.shape[-1])])
 
-        with _global_numpy_seed(seed):
-            points, intervals = rly.get_interval_estimates({"curve": scores}, iqm_per_point, reps=reps)
+        points, intervals = _seeded_intervals({"curve": scores}, iqm_per_point, reps, seed)
         for index, nominal in enumerate(table.columns):
             low, high = intervals["curve"][:, index]
             rows.append([env_id, variant, int(nominal), len(table), float(points["curve"][index]), float(low), float(high)])
