@@ -34,6 +34,8 @@ from sb3_ppo_variants.studies.storage import StorageError, StudyMismatchError, o
 __all__ = ["build_parser", "main"]
 
 DEFAULT_HYPERPARAMS_LABEL = "sb3_ppo_variants/data/zoo_ppo.yml (rl-zoo3's PPO entries)"
+#: Integer arguments that must be >= 1 (with --heartbeat-interval and --bootstrap-reps).
+_POSITIVE = ("seeds", "timesteps", "eval_freq", "n_eval_episodes", "workers", "members_per_process", "torch_threads")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,11 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(name: str, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"--{name} must be >= 1, got {value}")
-
-
 def _check_env(env_id: str) -> None:
     try:
         gym.spec(env_id)
@@ -177,10 +174,9 @@ def _check_builds(cells: list[Cell]) -> None:
 
 def prepare(args: argparse.Namespace, argv: Sequence[str] = ()) -> Plan:
     """Validate every argument and open the study; raises ValueError (naming the argument) before any run."""
-    positive = ["seeds", "timesteps", "eval_freq", "n_eval_episodes", "workers", "members_per_process", "torch_threads"]
-    positive.append("heartbeat_interval")
-    for name in (*positive, "bootstrap_reps"):
-        _positive(name.replace("_", "-"), getattr(args, name))
+    for name in (*_POSITIVE, "heartbeat_interval", "bootstrap_reps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     envs = list(dict.fromkeys(args.envs))
     for env_id in envs:
         _check_env(env_id)
