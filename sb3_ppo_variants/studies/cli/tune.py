@@ -143,7 +143,6 @@ def _fixed_hyperparams(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"argument --hyperparams: {error.args[0] if error.args else error}")
     except Exception as error:  # a YAML syntax error
         parser.error(f"argument --hyperparams: {args.hyperparams!r} is not readable YAML: {error}")
-    raise AssertionError("unreachable")
 
 
 def _check_builds(parser: argparse.ArgumentParser, settings: TuningSettings) -> None:
@@ -194,17 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(parser, args)
     study_name = args.study_name or f"{args.variant}-{args.env}"
     out = Path(args.out) if args.out else Path("runs") / "tune" / re.sub(r"[^\w.-]", "_", study_name)
-    try:
-        storage = open_storage(args.storage, out, heartbeat_interval=args.heartbeat_interval)
-    except StorageError as error:
-        parser.error(str(error))
     warmup = args.n_evaluations // 3 if args.n_warmup_evaluations is None else args.n_warmup_evaluations
     pruner = make_pruner(args.pruner, settings, args.n_startup_trials, warmup)
     try:
+        storage = open_storage(args.storage, out, heartbeat_interval=args.heartbeat_interval)
         study = open_tuning_study(
             storage, study_name, settings, args.sampler, args.sampler_seed, pruner, args.n_startup_trials
         )
-    except StudyMismatchError as error:
+    except (StorageError, StudyMismatchError) as error:
         parser.error(str(error))
     label = storage_label(args.storage, out)
 
