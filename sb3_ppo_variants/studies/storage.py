@@ -48,15 +48,11 @@ class StorageError(ValueError):
     """The storage argument is malformed or the storage cannot be reached."""
 
 
-def _is_url(storage: str) -> bool:
-    return "://" in storage
-
-
 def storage_label(storage: str | None, out_dir: str | Path) -> str:
     """The storage as a user would pass it again (a file path or a URL with the password hidden)."""
     if storage is None:
         return str(Path(out_dir) / DEFAULT_STORAGE_NAME)
-    if _is_url(storage):
+    if "://" in storage:
         from sqlalchemy.engine import make_url
 
         return make_url(storage).render_as_string(hide_password=True)
@@ -80,7 +76,7 @@ def open_storage(
         storage = str(Path(out_dir) / DEFAULT_STORAGE_NAME)
     if not isinstance(storage, str) or not storage:
         raise StorageError(f"--storage must be a file path (*.log, *.db) or a database URL, got {storage!r}")
-    if not _is_url(storage):
+    if "://" not in storage:  # a file
         path = Path(storage)
         if path.suffix not in (".log", ".db"):
             raise StorageError(
