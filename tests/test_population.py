@@ -506,25 +506,3 @@ def test_evaluations_of_a_member_do_not_depend_on_its_companions() -> None:
     first, second = [pair.evaluate(2) for _ in range(3)], [alone.evaluate(2) for _ in range(3)]
     assert [scores[1] for scores in first] == [scores[0] for scores in second]
     assert len({scores[1] for scores in first}) > 1 or len({scores[0] for scores in first}) > 1  # the streams move on
-
-
-def test_the_stacked_tanh_is_tanh_within_float32_rounding() -> None:
-    """``2 sigmoid(2x) - 1`` against float64 tanh, values and gradients, over the range activations take."""
-    from sb3_ppo_variants.population.policy import _tanh
-
-    draws = th.randn(4, 256, 64, generator=th.Generator().manual_seed(0)) * 3
-    x = th.cat([draws, th.linspace(-20, 20, 4 * 64).view(4, 1, 64)], 1)
-    x.requires_grad_(True)
-    y = _tanh(x)
-    assert y.grad_fn is not None and type(y.grad_fn).__name__ == "_SigmoidTanhBackward"  # the vectorised route was taken
-    exact = th.tanh(x.detach().double())
-    # 1 - y rounds at the spacing of float32 near 1 (2^-23 = 1.2e-7), plus sigmoid's own error: at most 1.8e-7 measured
-    assert (y.detach().double() - exact).abs().max() < 2.5e-7
-    with th.no_grad():  # without autograd the same arithmetic, without the Function
-        assert th.equal(_tanh(x), y)
-    small = x.detach()[:, :4]  # 256 values per member: below the vectorised route's threshold, th.tanh itself
-    assert th.equal(_tanh(small), th.tanh(small))
-    y.backward(th.ones_like(y))
-    assert x.grad is not None
-    # tanh's backward, grad (1 - y^2), on a y within 2.5e-7 of tanh x: off by 2 |y| |y - tanh x| plus float32 rounding
-    assert (x.grad.double() - (1 - exact**2)).abs().max() < 6e-7

@@ -157,9 +157,9 @@ def test_a_controller_object_shared_through_hyperparams_is_each_members_own() ->
 
 
 def test_members_stay_bit_identical_with_hidden_widths_that_are_not_multiples_of_64() -> None:
-    """The stacked MLP's tanh takes a vectorised route only where each member's block of activations fills whole vectors
-    (else PyTorch's scalar ``tanh``). Widths 25 and 40, 24 envs, minibatches of 32: collection and update each take both
-    routes (blocks of 600 and 800 values: scalar; 960 and 1280: vectorised); the last member matches its solo run."""
+    """Widths 25 and 40, 24 envs, minibatches of 32: a member's block of 600 activations in collection (24 x 25) is not
+    a multiple of 16 float32 (one AVX-512 vector), so the last member's values lie at other offsets from the vector
+    boundaries of elementwise kernels (tanh, its backward) beside companions than alone; it still matches its solo run."""
     hyperparams = dict(n_steps=16, n_envs=24, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[25, 40]))
     members = [dict(variant="clip", seed=seed) for seed in range(3)]
     together = Population("CartPole-v1", members, hyperparams=hyperparams, device="cpu").learn(768)

@@ -20,52 +20,7 @@ from sb3_ppo_variants.population.distributions import StackedDistribution
 __all__ = ["StackedActorCritic", "StackedAdam"]
 
 
-def _sigmoid_tanh(x: th.Tensor) -> th.Tensor:
-    """tanh(x) as 2 sigmoid(2x) - 1: ``x * 2`` and ``* 2`` are exact, the subtraction rounds, so the result is within
-    1.8e-7 of tanh (absolute; measured over 10^6 normal draws, against float64), not bit-equal to ``th.tanh``."""
-    return th.sigmoid(x * 2).mul_(2).sub_(1)
-
-
-class _SigmoidTanh(th.autograd.Function):
-    """:func:`_sigmoid_tanh` with tanh's own backward pass, grad (1 - y^2), one kernel."""
-
-    @staticmethod
-    def forward(ctx: Any, x: th.Tensor) -> th.Tensor:
-        y = _sigmoid_tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad: th.Tensor) -> th.Tensor:
-        (y,) = ctx.saved_tensors
-        return th.ops.aten.tanh_backward(grad, y)  # the kernel autograd runs for th.tanh
-
-
-#: per member, a multiple of this many values: then no member's value falls in the scalar tail of a vectorised loop
-#: (a multiple of twice the widest vector, 2 x 16 float32 with AVX-512), so each is rounded alike whatever K
-_VECTOR_MULTIPLE = 64
-#: per member, at least this many values: below, the three kernels' overhead outweighs the scalar loop's cost
-_SIGMOID_FROM = 512
-
-
-def _tanh(x: th.Tensor) -> th.Tensor:
-    """tanh of stacked activations (K, ...).
-
-    PyTorch's CPU ``tanh`` runs a scalar loop (torch 2.13 here: 2.6 ms for 10^6 float32 values, at every
-    ``ATEN_CPU_CAPABILITY``) while its ``sigmoid`` is vectorised (0.24 ms): in a population's update tanh was a fifth
-    of the time (K=64, rl-zoo3's CartPole entry). So on the CPU, where each member's block of values is a multiple of
-    :data:`_VECTOR_MULTIPLE` and at least :data:`_SIGMOID_FROM`, tanh is :func:`_sigmoid_tanh`; else ``th.tanh``. The
-    choice depends on a member's own block only, never on K, so a member's numbers do not depend on its companions.
-    """
-    block = x.numel() // max(x.shape[0], 1)
-    if x.device.type != "cpu" or block % _VECTOR_MULTIPLE or block < _SIGMOID_FROM:
-        return th.tanh(x)
-    if th.is_grad_enabled() and x.requires_grad:
-        return _SigmoidTanh.apply(x)  # type: ignore[no-any-return]
-    return _sigmoid_tanh(x)
-
-
-_FUNCTIONS: dict[type, Callable[[th.Tensor], th.Tensor]] = {th.nn.Tanh: _tanh, th.nn.ReLU: th.relu}
+_FUNCTIONS: dict[type, Callable[[th.Tensor], th.Tensor]] = {th.nn.Tanh: th.tanh, th.nn.ReLU: th.relu}
 #: a member's row of the stacked parameters is padded to a multiple of this many entries (64 bytes of float32)
 _ROW_ALIGNMENT = 16
 
