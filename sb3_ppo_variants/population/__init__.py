@@ -7,6 +7,7 @@ models = pop.models()                       # K ordinary SB3 models (ClipKLPPO, 
 pop.failures                                # per member: None, or why and when it failed
 """
 
+from sb3_ppo_variants.population.allocator import retain_freed_memory
 from sb3_ppo_variants.population.members import MemberFailure, check_policy_kwargs, check_spaces
 from sb3_ppo_variants.population.population import (
     STRUCTURAL_SETTINGS,
@@ -25,4 +26,5 @@ __all__ = [
     "PopulationState",
     "check_policy_kwargs",
     "check_spaces",
+    "retain_freed_memory",
 ]

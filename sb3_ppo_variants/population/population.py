@@ -28,6 +28,7 @@ from sb3_ppo_variants.algorithm import NonFiniteLossError, VariantPPO
 from sb3_ppo_variants.controllers import KLController
 from sb3_ppo_variants.evaluation import EVAL_SEED_OFFSET
 from sb3_ppo_variants.hyperparams import make_model, parse_policy_kwargs
+from sb3_ppo_variants.population.allocator import retain_freed_memory
 from sb3_ppo_variants.population.collection import Collector
 from sb3_ppo_variants.population.distributions import stacked_distribution
 from sb3_ppo_variants.population.members import (
@@ -219,6 +220,8 @@ class Population:
         except gym.error.Error as error:
             raise ValueError(f"env {env_id!r} is not a registered gymnasium environment: {error}") from None
         self.device = get_device(device)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # the update's MB-sized temporaries otherwise fault in fresh pages each step
         self.verbose = verbose
 
         envs = make_member_envs(env_id, [m.seed for m in self._members], self.n_envs, first.settings["env_kwargs"])
