@@ -116,8 +116,10 @@ class StackedActorCritic:
         weight, bias = params[f"{name}.weight"], params[f"{name}.bias"].unsqueeze(1)
         if weight.shape[-1] == 1:
             # A one-column product (a value head, a 1-d action) goes to a matrix-vector kernel whose rounding depends
-            # on K (K=1 differed from K=8 in probes); an elementwise product summed over its rows does not.
-            return (x * weight.transpose(1, 2)).sum(dim=-1, keepdim=True) + bias
+            # on K (K=1 differed from K=8 in probes); with a column of zeros beside it, it is a matrix product as the
+            # other layers' (an elementwise product summed over rows, the former way, took 1.5x as long, backward incl.)
+            padded = th.cat([weight, th.zeros_like(weight)], dim=2)
+            return th.baddbmm(bias, x, padded)[..., :1]
         return th.baddbmm(bias, x, weight)
 
     def _mlp(self, x: th.Tensor, params: dict[str, th.Tensor], layers: list[tuple[str, Any]]) -> th.Tensor:
