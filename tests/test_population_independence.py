@@ -11,6 +11,7 @@ import pytest
 import torch as th
 
 from sb3_ppo_variants import NonFiniteLossError, Population, ProportionalKLController
+from sb3_ppo_variants.population import trainer
 from sb3_ppo_variants.population.members import MemberStreams
 
 SMALL = dict(n_steps=64, n_envs=2, batch_size=32, n_epochs=3)
@@ -165,3 +166,17 @@ def test_members_stay_bit_identical_with_hidden_widths_that_are_not_multiples_of
     together = Population("CartPole-v1", members, hyperparams=hyperparams, device="cpu").learn(768)
     alone = Population("CartPole-v1", members[2:], hyperparams=hyperparams, device="cpu").learn(768)
     _assert_identical(_member(together, 2), _member(alone, 0))
+
+
+def test_members_train_alike_whatever_the_chunks_of_the_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The update runs its forward and backward passes in chunks of members (``trainer.CHUNK_BYTES`` of activations):
+    the eight members of mixed settings in one chunk, as by default here, and one per chunk give identical numbers.
+    Chunks of one member leave chunks without a KL penalty beside chunks with one."""
+    members = [*COMPANIONS[:3], dict(variant="clip", seed=5), *COMPANIONS[3:]]
+    whole = Population("CartPole-v1", members, hyperparams=SMALL, device="cpu").learn(768)
+    assert trainer.CHUNK_BYTES // (SMALL["batch_size"] * whole.policy.widest * 4) >= len(members)  # one chunk
+    monkeypatch.setattr(trainer, "CHUNK_BYTES", 1)
+    chunked = Population("CartPole-v1", members, hyperparams=SMALL, device="cpu").learn(768)
+    for k in range(len(members)):
+        _assert_identical(_member(chunked, k), _member(whole, k))
+    assert not th.equal(whole.policy.flat[0], whole.policy.flat[1])  # the members differ: the comparison can fail

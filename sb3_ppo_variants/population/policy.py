@@ -130,9 +130,18 @@ class StackedActorCritic:
     def _current(self) -> dict[str, th.Tensor]:
         return self._views(self.flat) if th.is_grad_enabled() else self._frozen
 
-    def forward(self, observations: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """Distribution parameters (K, batch, d) and values (K, batch) for observations (K, batch, obs_dim)."""
-        params = self._current()
+    @property
+    def widest(self) -> int:
+        """The most units of any layer (a member's largest activation per row)."""
+        return max(stored[-1] for name, (_, _, stored, _) in self.layout.items() if name.endswith(".weight"))
+
+    def forward(self, observations: th.Tensor, flat: th.Tensor | None = None) -> tuple[th.Tensor, th.Tensor]:
+        """Distribution parameters (K, batch, d) and values (K, batch) for observations (K, batch, obs_dim).
+
+        :param flat: the members' rows to use, (K', P) for observations (K', batch, obs_dim) (default: all of them, as
+            they are now)
+        """
+        params = self._current() if flat is None else self._views(flat)
         latent_pi = self._mlp(observations, params, self.pi_layers)
         latent_vf = self._mlp(observations, params, self.vf_layers)
         action_out = self._linear(latent_pi, params, "action_net")
