@@ -184,12 +184,14 @@ class StackedAdam:
             p.grad = None
 
     @th.no_grad()
-    def clip_grad_norm(self, max_norm: th.Tensor) -> th.Tensor:
+    def clip_grad_norm(self, max_norm: th.Tensor, grads: list[th.Tensor] | None = None) -> th.Tensor:
         """Scale each member's gradient to a norm of at most ``max_norm`` (K,); returns the norms before.
 
         As ``clip_grad_norm_``: the norm of the parameters' norms, scaled by ``min(max_norm / (norm + 1e-6), 1)``.
+
+        :param grads: the gradients to clip, (K', ...) each, with ``max_norm`` (K',) (default: the parameters' ``grad``)
         """
-        grads = [p.grad for p in self.params if p.grad is not None]
+        grads = [p.grad for p in self.params if p.grad is not None] if grads is None else grads
         norms = [th.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads]
         total = norms[0] if len(norms) == 1 else th.linalg.vector_norm(th.stack(norms), dim=0)
         scale = th.clamp(max_norm / (total + 1e-6), max=1.0)
@@ -198,19 +200,31 @@ class StackedAdam:
         return total
 
     @th.no_grad()
-    def step(self, lr: th.Tensor, active: th.Tensor | None = None) -> th.Tensor:
+    def step(
+        self,
+        lr: th.Tensor,
+        active: th.Tensor | None = None,
+        members: slice = slice(None),
+        grads: list[th.Tensor] | None = None,
+    ) -> th.Tensor:
         """One Adam step with learning rates ``lr`` (K,), for the members where ``active`` (K,) is true and the step
         gives finite parameters; the others are left untouched, state included.
 
         Every member goes through the same operations whoever steps (``th.where`` picks per member), so a member's
         numbers do not depend on its companions' flags.
 
-        :return: (K,) bool, the members that stepped
+        :param members: step only these members (rows of every tensor); ``lr`` and ``active`` are then theirs, (K',)
+        :param grads: their gradients, one (K', ...) per parameter (default: the parameters' ``grad``)
+        :return: (K',) bool, the members that stepped
         """
         beta1, beta2 = self.betas
         dtype = self.params[0].dtype
-        mask = th.ones_like(self.step_count, dtype=th.bool) if active is None else active
-        step = (self.step_count + 1).clamp(min=1)
+        step_count = self.step_count[members]
+        params, exp_avgs, exp_avg_sqs = ([t[members] for t in ts] for ts in (self.params, self.exp_avg, self.exp_avg_sq))
+        if grads is None:
+            grads = [th.zeros_like(view) if p.grad is None else p.grad[members] for p, view in zip(self.params, params)]
+        mask = th.ones_like(step_count, dtype=th.bool) if active is None else active
+        step = (step_count + 1).clamp(min=1)
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         # Adam's p - lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), with sqrt(bc2) moved out of the elementwise work:
@@ -218,9 +232,8 @@ class StackedAdam:
         step_size = (lr.to(th.float64) * bias_correction2_sqrt / bias_correction1).to(dtype)
         eps = (self.eps * bias_correction2_sqrt).to(dtype)
         updates = []
-        for p, exp_avg, exp_avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq):
+        for p, grad, exp_avg, exp_avg_sq in zip(params, grads, exp_avgs, exp_avg_sqs):
             shape = (-1, *([1] * (p.dim() - 1)))
-            grad = th.zeros_like(p) if p.grad is None else p.grad
             new_avg = exp_avg.lerp(grad, 1 - beta1)
             new_sq = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = new_sq.sqrt().add_(eps.view(shape))
@@ -235,7 +248,7 @@ class StackedAdam:
             th.where(keep, new_p, p, out=p)
             th.where(keep, new_avg, exp_avg, out=exp_avg)
             th.where(keep, new_sq, exp_avg_sq, out=exp_avg_sq)
-        self.step_count += mask.to(self.step_count.dtype)
+        step_count += mask.to(step_count.dtype)  # a view: the members' own counts
         return mask
 
     def member_state(self, k: int) -> dict[str, Any]:

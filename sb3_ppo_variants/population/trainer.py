@@ -280,8 +280,8 @@ def _chunks(policy: StackedActorCritic, coefficients: MemberCoefficients, batch_
     chunks = []
     for start in range(0, n_members, size):
         rows = slice(start, min(start + size, n_members))
-        values = {name: getattr(coefficients, name)[rows] for name in ("ent_coef", "vf_coef", "kl_coef", "penalised")}
-        values["target_kl"] = coefficients.target_kl[rows]
+        names = ("ent_coef", "vf_coef", "kl_coef", "penalised", "target_kl", "learning_rate", "max_grad_norm")
+        values = {name: getattr(coefficients, name)[rows] for name in names}
         for name in ("clip_range", "clip_range_vf", "dual_clip"):  # (K', 1): they meet (K', batch) tensors
             values[name] = getattr(coefficients, name)[rows].unsqueeze(1)
         chunks.append(
@@ -392,8 +392,9 @@ def update(
     switches, see :class:`_Groups`), Adam and gradient clipping are per member, and a member that stops (``target_kl``)
     or fails simply stops stepping. A member whose loss terms, gradient or next parameters are non-finite fails: it
     keeps its last finite parameters and Adam state. The minibatch loop makes no host round trip: the checks run on
-    the device and are read once, after the update. On the CPU the forward and backward passes run in chunks of
-    members whose activations fit the cache (:data:`CHUNK_BYTES`); a member's numbers do not depend on its chunk.
+    the device and are read once, after the update. On the CPU each minibatch runs in chunks of members whose
+    activations fit the cache (:data:`CHUNK_BYTES`): forward, backward, clipping and Adam, chunk after chunk; a
+    member's numbers do not depend on its chunk.
 
     :param orders: (n_epochs, K, N): per epoch, the minibatch order of each member (its ``rollout_buffer.get``
         permutation)
@@ -431,8 +432,9 @@ def update(
             index = order[:, start : start + batch_size]
             flat_index, shape = (row_offsets + index).reshape(-1), index.shape
             batch = {name: _minibatch(rows, flat_index, shape, name) for name in _GATHERED}
-            parts = [
-                _forward_backward(
+            parts = []
+            for chunk in chunks:
+                part = _forward_backward(
                     policy,
                     chunk,
                     {name: tensor[chunk.rows] for name, tensor in batch.items()},
@@ -441,8 +443,14 @@ def update(
                     normalize_advantage,
                     with_kl,
                 )
-                for chunk in chunks
-            ]
+                # the chunk's optimiser step now, while its gradient is in the cache (per member: no other chunk's
+                # forward pass reads these members' parameters)
+                c = chunk.coefficients
+                norms = optimizer.clip_grad_norm(c["max_grad_norm"], grads=[part["grad"]])
+                part["grad_broken"] = part["stepping"] & ~th.isfinite(norms)
+                stepping = part["stepping"] & ~part["grad_broken"]
+                part["applied"] = optimizer.step(c["learning_rate"], stepping, members=chunk.rows, grads=[part.pop("grad")])
+                parts.append(part)
 
             def joined(key: str, parts: list[dict[str, Any]] = parts) -> Any:
                 """The chunks' parts of ``key`` as one (K, ...) tensor (or dict of them, for ``terms``)."""
@@ -467,18 +475,14 @@ def update(
                 epoch_kl_sum += th.where(active, approx_kl, 0.0)
                 epoch_kl_count += active.float()
                 last_loss = th.where(active, joined("loss"), last_loss)
-                stepping = joined("stepping")
-
-            policy.flat.grad = joined("grad")
-            norms = optimizer.clip_grad_norm(coefficients.max_grad_norm)
-            broken = stepping & ~th.isfinite(norms)
-            check = th.where(broken, 2, check)
-            stepping &= ~broken
-            applied = optimizer.step(coefficients.learning_rate, stepping)
-            broken = stepping & ~applied
-            check = th.where(broken, 3, check)
-            healthy &= check == 0
-            active = stepping & applied
+                broken = joined("grad_broken")
+                check = th.where(broken, 2, check)
+                stepping = joined("stepping") & ~broken
+                applied = joined("applied")
+                broken = stepping & ~applied
+                check = th.where(broken, 3, check)
+                healthy &= check == 0
+                active = stepping & applied
 
     newly_failed = (check != 0).cpu().numpy()
     stats = {name: (value / counts.clamp(min=1)).cpu().numpy() for name, value in sums.items()}
