@@ -403,10 +403,10 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.n_calls += 1
+        mark_worker(trial)  # first: until it is written, a killed worker's trial is judged only after a grace period
         for key, value in trial.user_attrs.items():
             if (key in self.RUN_ATTRS or key in self.run_attrs) and value is not None:
                 trial.set_user_attr(key, None)
-        mark_worker(trial)
         try:
             return self.work(trial)
         except optuna.TrialPruned:
