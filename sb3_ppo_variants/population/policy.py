@@ -243,11 +243,23 @@ class StackedAdam:
             rows = new_p.reshape(p.shape[0], -1)
             mask = mask & th.isfinite(rows.amin(dim=1)) & th.isfinite(rows.amax(dim=1))
             updates.append((p, exp_avg, exp_avg_sq, new_p, new_avg, new_sq))
-        for p, exp_avg, exp_avg_sq, new_p, new_avg, new_sq in updates:
-            keep = mask.view(-1, *([1] * (p.dim() - 1)))
-            th.where(keep, new_p, p, out=p)
-            th.where(keep, new_avg, exp_avg, out=exp_avg)
-            th.where(keep, new_sq, exp_avg_sq, out=exp_avg_sq)
+        if mask.device.type == "cpu" and bool(mask.all()):
+            # Every member steps (the common case): plain copies, and the fresh moments themselves when they replace
+            # whole tensors -- the same values as th.where's. Reading the flags is no device round trip on the CPU.
+            whole = step_count.shape[0] == self.step_count.shape[0]
+            for i, (p, exp_avg, exp_avg_sq, new_p, new_avg, new_sq) in enumerate(updates):
+                p.copy_(new_p)
+                if whole:
+                    self.exp_avg[i], self.exp_avg_sq[i] = new_avg, new_sq
+                else:
+                    exp_avg.copy_(new_avg)
+                    exp_avg_sq.copy_(new_sq)
+        else:
+            for p, exp_avg, exp_avg_sq, new_p, new_avg, new_sq in updates:
+                keep = mask.view(-1, *([1] * (p.dim() - 1)))
+                th.where(keep, new_p, p, out=p)
+                th.where(keep, new_avg, exp_avg, out=exp_avg)
+                th.where(keep, new_sq, exp_avg_sq, out=exp_avg_sq)
         step_count += mask.to(step_count.dtype)  # a view: the members' own counts
         return mask
 

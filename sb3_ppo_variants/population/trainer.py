@@ -391,8 +391,9 @@ def update(
     Every member's numbers are those it would have alone: each term is computed per member (members grouped by their
     switches, see :class:`_Groups`), Adam and gradient clipping are per member, and a member that stops (``target_kl``)
     or fails simply stops stepping. A member whose loss terms, gradient or next parameters are non-finite fails: it
-    keeps its last finite parameters and Adam state. The minibatch loop makes no host round trip: the checks run on
-    the device and are read once, after the update. On the CPU each minibatch runs in chunks of members whose
+    keeps its last finite parameters and Adam state. The minibatch loop makes no device round trip: the checks run on
+    the device and are read once, after the update (on the CPU, Adam reads whether all of a chunk's members step,
+    which costs nothing there). On the CPU each minibatch runs in chunks of members whose
     activations fit the cache (:data:`CHUNK_BYTES`): forward, backward, clipping and Adam, chunk after chunk; a
     member's numbers do not depend on its chunk.
 
