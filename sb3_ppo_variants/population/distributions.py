@@ -52,6 +52,10 @@ class StackedDistribution:
     def entropy(self, params: th.Tensor) -> th.Tensor:
         raise NotImplementedError
 
+    def log_prob_and_entropy(self, params: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """:meth:`log_prob` and :meth:`entropy` together (a distribution may share work between them)."""
+        return self.log_prob(params, actions), self.entropy(params)
+
     def kl(self, old_params: th.Tensor, params: th.Tensor) -> th.Tensor:
         """Exact KL(pi_old || pi) per state."""
         raise NotImplementedError
@@ -87,6 +91,11 @@ class _Categorical(StackedDistribution):
 
     def entropy(self, params: th.Tensor) -> th.Tensor:
         return _categorical_entropy(params)
+
+    def log_prob_and_entropy(self, params: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        # one normalisation of the logits for both, as torch.distributions.Categorical (SB3's) normalises once
+        log_p = th.log_softmax(params, dim=-1)
+        return log_p.gather(-1, actions.long()).squeeze(-1), -(log_p.exp() * log_p).sum(dim=-1)
 
     def kl(self, old_params: th.Tensor, params: th.Tensor) -> th.Tensor:
         return categorical_kl(old_params, params)

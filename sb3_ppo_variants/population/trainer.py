@@ -315,8 +315,7 @@ def _forward_backward(
     c = chunk.coefficients
     flat = policy.flat.detach()[chunk.rows].requires_grad_(True)
     params, values = policy.forward(batch["observations"], flat)
-    log_prob = policy.distribution.log_prob(params, batch["actions"])
-    entropy = policy.distribution.entropy(params)
+    log_prob, entropy = policy.distribution.log_prob_and_entropy(params, batch["actions"])
     advantages = batch["advantages"]
     if normalize_advantage and advantages.shape[1] > 1:
         advantages = (advantages - advantages.mean(dim=1, keepdim=True)) / (advantages.std(dim=1, keepdim=True) + 1e-8)
