@@ -189,7 +189,8 @@ class Population:
         arguments (``surrogate``, ``kl_penalty``, ``kl_coef``, ``kl_target``, ``kl_estimator``, ``kl_direction``,
         ``dual_clip``, ``clip_range``, ...) or rl-zoo3 entry keys, and take precedence over ``hyperparams``
     :param hyperparams: rl-zoo3 style entry (as :func:`sb3_ppo_variants.hyperparams.make_model` takes)
-    :param device: as in SB3 (``"auto"``, ``"cpu"``, ``"cuda"``)
+    :param device: as in SB3 (``"auto"``, ``"cpu"``, ``"cuda"``); on the CPU the population calls
+        :func:`~sb3_ppo_variants.population.retain_freed_memory` (glibc's allocator keeps freed memory in the process)
     :param verbose: 1 prints each member's train/ values after each update
     :attr failures: per member, None while it trains, else a :class:`MemberFailure` (``str()`` says why and when)
     """
