@@ -402,10 +402,14 @@ def update(
     """
     device = data.observations.device
     n_members, size = data.observations.shape[:2]
+    chunks = _chunks(policy, coefficients, batch_size)
+    with_kl = any(chunk.penalties for chunk in chunks)
     row_offsets = th.arange(n_members, device=device).unsqueeze(1) * size  # member k's rows start at k * N
     # (K * N, ...) views (copies at most once per update): a minibatch is then one index_select per tensor, where
-    # indexing with two index tensors took 4x longer (7% of a K=64 Pendulum update)
-    rows = {name: getattr(data, name).flatten(0, 1) for name in _GATHERED}
+    # indexing with two index tensors took 4x longer (7% of a K=64 Pendulum update); the old distributions only for
+    # a KL penalty
+    gathered = [name for name in _GATHERED if with_kl or name != "old_dist_params"]
+    rows = {name: getattr(data, name).flatten(0, 1) for name in gathered}
     healthy = th.ones(n_members, dtype=th.bool, device=device) if failed is None else ~failed
     active = healthy.clone()
     check = th.zeros(n_members, dtype=th.long, device=device)
@@ -416,8 +420,6 @@ def update(
     epoch_kl_count = th.zeros(n_members, device=device)
     last_loss = th.zeros(n_members, device=device)
     n_epochs_run = th.zeros(n_members, dtype=th.long, device=device)
-    chunks = _chunks(policy, coefficients, batch_size)
-    with_kl = any(chunk.penalties for chunk in chunks)
     # (a minibatch gathered by index_select is C-contiguous whatever the orders' layout: a reduction over a strided
     # layout rounded differently from one over rows, and a member's advantage mean then depended on K)
     orders_t = th.as_tensor(np.asarray(orders), device=device)
@@ -431,7 +433,7 @@ def update(
         for start in range(0, size, batch_size):
             index = order[:, start : start + batch_size]
             flat_index, shape = (row_offsets + index).reshape(-1), index.shape
-            batch = {name: _minibatch(rows, flat_index, shape, name) for name in _GATHERED}
+            batch = {name: _minibatch(rows, flat_index, shape, name) for name in gathered}
             parts = []
             for chunk in chunks:
                 part = _forward_backward(
