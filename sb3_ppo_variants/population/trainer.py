@@ -277,10 +277,10 @@ def _chunks(policy: StackedActorCritic, coefficients: MemberCoefficients, batch_
     size = n_members
     if device.type == "cpu":
         size = max(1, CHUNK_BYTES // (batch_size * policy.widest * policy.flat.element_size()))
+    names = ("ent_coef", "vf_coef", "kl_coef", "penalised", "target_kl", "learning_rate", "max_grad_norm")
     chunks = []
     for start in range(0, n_members, size):
         rows = slice(start, min(start + size, n_members))
-        names = ("ent_coef", "vf_coef", "kl_coef", "penalised", "target_kl", "learning_rate", "max_grad_norm")
         values = {name: getattr(coefficients, name)[rows] for name in names}
         for name in ("clip_range", "clip_range_vf", "dual_clip"):  # (K', 1): they meet (K', batch) tensors
             values[name] = getattr(coefficients, name)[rows].unsqueeze(1)
@@ -350,6 +350,15 @@ def _forward_backward(
         "stepping": stepping,
         "grad": grad,
     }
+
+
+def _joined(parts: list[dict[str, Any]], key: str) -> Any:
+    """The chunks' parts of ``key`` as one (K, ...) tensor (a dict of them for ``terms``)."""
+    if len(parts) == 1:
+        return parts[0][key]
+    if key == "terms":
+        return {name: th.cat([part[key][name] for part in parts]) for name in parts[0][key]}
+    return th.cat([part[key] for part in parts])
 
 
 #: what stopped a member, by code (0: nothing)
@@ -454,33 +463,25 @@ def update(
                 part["applied"] = optimizer.step(c["learning_rate"], stepping, members=chunk.rows, grads=[part.pop("grad")])
                 parts.append(part)
 
-            def joined(key: str, parts: list[dict[str, Any]] = parts) -> Any:
-                """The chunks' parts of ``key`` as one (K, ...) tensor (or dict of them, for ``terms``)."""
-                if len(parts) == 1:
-                    return parts[0][key]
-                if key == "terms":
-                    return {name: th.cat([part[key][name] for part in parts]) for name in parts[0][key]}
-                return th.cat([part[key] for part in parts])
-
             with th.no_grad():
-                terms = joined("terms")
-                broken = active & ~joined("finite")  # checked where a solo run checks: each minibatch it evaluates
+                terms = _joined(parts, "terms")
+                broken = active & ~_joined(parts, "finite")  # checked where a solo run checks: each minibatch it evaluates
                 for name, value in terms.items():
                     bad_terms[name] = th.where(broken, value, bad_terms.get(name, th.zeros_like(value)))
                 check = th.where(broken, 1, check)
                 healthy &= ~broken
-                approx_kl = joined("approx_kl")
-                terms["clip_fraction"] = joined("clip_fraction")
+                approx_kl = _joined(parts, "approx_kl")
+                terms["clip_fraction"] = _joined(parts, "clip_fraction")
                 for name, value in terms.items():
                     sums[name] = sums.get(name, th.zeros_like(value)) + th.where(active, value, 0.0)
                 counts += active.float()
                 epoch_kl_sum += th.where(active, approx_kl, 0.0)
                 epoch_kl_count += active.float()
-                last_loss = th.where(active, joined("loss"), last_loss)
-                broken = joined("grad_broken")
+                last_loss = th.where(active, _joined(parts, "loss"), last_loss)
+                broken = _joined(parts, "grad_broken")
                 check = th.where(broken, 2, check)
-                stepping = joined("stepping") & ~broken
-                applied = joined("applied")
+                stepping = _joined(parts, "stepping") & ~broken
+                applied = _joined(parts, "applied")
                 broken = stepping & ~applied
                 check = th.where(broken, 3, check)
                 healthy &= check == 0
