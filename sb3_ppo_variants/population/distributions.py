@@ -70,9 +70,12 @@ def _gumbel_argmax(logits: th.Tensor, exponential: th.Tensor) -> th.Tensor:
     return th.argmax(logits - th.log(exponential), dim=-1)
 
 
-def _categorical_entropy(logits: th.Tensor) -> th.Tensor:
-    log_p = th.log_softmax(logits, dim=-1)
+def _entropy_of(log_p: th.Tensor) -> th.Tensor:
     return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+def _categorical_entropy(logits: th.Tensor) -> th.Tensor:
+    return _entropy_of(th.log_softmax(logits, dim=-1))
 
 
 class _Categorical(StackedDistribution):
@@ -95,7 +98,7 @@ class _Categorical(StackedDistribution):
     def log_prob_and_entropy(self, params: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         # one normalisation of the logits for both, as torch.distributions.Categorical (SB3's) normalises once
         log_p = th.log_softmax(params, dim=-1)
-        return log_p.gather(-1, actions.long()).squeeze(-1), -(log_p.exp() * log_p).sum(dim=-1)
+        return log_p.gather(-1, actions.long()).squeeze(-1), _entropy_of(log_p)
 
     def kl(self, old_params: th.Tensor, params: th.Tensor) -> th.Tensor:
         return categorical_kl(old_params, params)
