@@ -389,9 +389,9 @@ class StopWhenQueueEmpty:
 
 
 class Objective:
-    """The objective every worker optimises: a tool's ``work`` (``trial -> value``), after clearing what a retried
-    trial inherited (``run_attrs``: the user attributes the work writes) and recording the worker
-    (:func:`~sb3_ppo_variants.studies.liveness.mark_worker`); an interrupt is recorded as ``fail_kind = "interrupted"``.
+    """The objective every worker optimises: a tool's ``work`` (``trial -> value``), after recording the worker
+    (:func:`~sb3_ppo_variants.studies.liveness.mark_worker`) and clearing what a retried trial inherited
+    (``run_attrs``: the user attributes the work writes); an interrupt is recorded as ``fail_kind = "interrupted"``.
     """
 
     RUN_ATTRS = ("fail_reason", "fail_kind")
