@@ -142,13 +142,13 @@ def test_rl_zoo3_parameters_become_constructor_arguments_make_model_builds():
               "learning_rate": 1e-3, "net_arch": "tiny", "activation_fn": "relu", "ent_coef": 0.01,
               "ent_schedule": "linear"}  # fmt: skip
     kwargs = params_to_kwargs(params)
-    # 1 - 0.01 and 1 - 0.05 are not exactly 0.99 and 0.95 in float64 (1e-16 relative)
-    assert kwargs == {"batch_size": 32, "n_steps": 64, "gamma": pytest.approx(0.99), "gae_lambda": pytest.approx(0.95),
+    # gamma = 1 - one_minus_gamma, computed as the converter does (1 - 0.01 is not 0.99 in float64)
+    assert kwargs == {"batch_size": 32, "n_steps": 64, "gamma": 1.0 - 0.01, "gae_lambda": 1.0 - 0.05,
                       "learning_rate": 1e-3, "ent_coef": "lin_0.01_0.0", "policy_kwargs":
                       "dict(net_arch=dict(pi=[64], vf=[64]), activation_fn=nn.ReLU)"}  # fmt: skip
     model = make_model("clip", ENV, kwargs, seed=0)
     assert (model.batch_size, model.n_steps, model.policy.activation_fn) == (32, 64, torch.nn.ReLU)
-    assert model.policy.net_arch == {"pi": [64], "vf": [64]} and model.gamma == pytest.approx(0.99)  # 1 - 0.01, as above
+    assert model.policy.net_arch == {"pi": [64], "vf": [64]} and model.gamma == 1.0 - 0.01
 
 
 def test_check_combination_refuses_a_minibatch_larger_than_a_rollout():
